@@ -1,0 +1,278 @@
+"""The sklearn face: ``PromptClassifier`` loads the model, validates, batches, and predicts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from .inputs import to_rows
+from .modeling import PromptModel
+from .template import Template
+from .verbalizer import Verbalizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PromptClassifier", "TrainMode", "resolve_device", "load_model"]
+
+DEFAULT_CONTENT_FREE = ("N/A", "")
+
+
+class TrainMode(str, Enum):
+    """Which parameters ``fit`` updates."""
+
+    NONE = "none"  # zero-shot: fit only validates and fixes classes_
+    HEAD = "head"  # the MLM head (transform, layer norm, output bias)
+    PROMPT = "prompt"  # soft-token embeddings (and the P-tuning encoder)
+    HEAD_PROMPT = "head+prompt"
+    FULL = "full"  # every parameter of the model, and the prompt
+
+
+class Decoding(str, Enum):
+    PARALLEL = "parallel"
+    ITERATIVE = "iterative"
+
+
+def _choice(enum: type[Enum], value: Any, name: str) -> Enum:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(repr(e.value) for e in enum)
+        raise ValueError(f"{name}={value!r} is not one of {choices}") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available: use device='cpu' or 'auto'")
+    return device
+
+
+def load_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
+    """A masked LM and its tokenizer from a hub id, a local path, a loaded model, or a (model, tokenizer) pair."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
+
+    if isinstance(model, tuple) and len(model) == 2:
+        model, tokenizer = model
+    if isinstance(model, str):
+        mlm = AutoModelForMaskedLM.from_pretrained(model)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+        return mlm, tokenizer
+    if isinstance(model, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError(
+                f"a loaded {type(model).__name__} needs its tokenizer: PromptClassifier(model, ..., tokenizer=tok) "
+                "or pass the hub id / local path instead"
+            )
+        if model.get_output_embeddings() is None:
+            raise ValueError(
+                f"{type(model).__name__} has no language-model head; load it with AutoModelForMaskedLM.from_pretrained"
+            )
+        return model, tokenizer
+    raise TypeError(
+        f"model must be a hub id, a local path, a loaded masked LM or a (model, tokenizer) pair, got {type(model).__name__}"
+    )
+
+
+class PromptClassifier(ClassifierMixin, BaseEstimator):
+    """Prompt-based classifier on a masked LM (PET-style): template + verbalizer -> class scores.
+
+    Zero-shot needs no labels::
+
+        clf = PromptClassifier("roberta-base", "{text} It was [MASK].",
+                               {"negative": ["terrible"], "positive": ["great"]}).fit()
+        clf.predict(["A wonderful film."])
+
+    Parameters
+    ----------
+    model : str, PreTrainedModel or (model, tokenizer)
+        Hub id or local path of a masked LM, or a loaded ``AutoModelForMaskedLM``.
+        A loaded model is never modified: training works on a copy.
+    template : str, Template or dict
+        The prompt, with ``{field}`` slots, one ``[MASK]`` and optional ``[SOFT]`` tokens.
+    verbalizer : dict, list, Verbalizer
+        Label words per class: ``{"negative": ["terrible"], "positive": ["great", "good"]}``.
+    tokenizer : tokenizer, optional
+        Required with a loaded model; loaded from ``model`` otherwise.
+    train_mode : {"none", "head", "prompt", "head+prompt", "full"}
+        What ``fit`` trains. ``"none"`` is zero-shot.
+    columns : dict, optional
+        Template field -> column name, for DataFrames, dicts and datasets.
+    max_length : int, optional
+        Longest prompt in tokens (default: the model's). Only text fields are truncated.
+    batch_size : int
+        Prompts per forward when scoring (and training).
+    decoding : {"parallel", "iterative"}
+        Multi-token label words: one forward (``parallel``) or PET's max-first decoding.
+    calibration : bool or list of str
+        Contextual calibration (Zhao et al. 2021): divide by the class probabilities of
+        content-free inputs (``True``: ``"N/A"`` and ``""``; or your own strings).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    random_state : int
+        Seeds soft-prompt initialisation and training.
+    progress : bool or None
+        Progress bars; ``None`` shows them on a terminal only.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        template: Any = "{text} It was [MASK].",
+        verbalizer: Any = None,
+        *,
+        tokenizer: Any = None,
+        train_mode: str = "none",
+        columns: Mapping[str, str] | None = None,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        decoding: str = "parallel",
+        calibration: bool | Sequence[str] = False,
+        device: str = "auto",
+        random_state: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        self.model = model
+        self.template = template
+        self.verbalizer = verbalizer
+        self.tokenizer = tokenizer
+        self.train_mode = train_mode
+        self.columns = columns
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.decoding = decoding
+        self.calibration = calibration
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        return tags
+
+    def _validate(self) -> tuple[Template, Verbalizer]:
+        if self.model is None:
+            raise ValueError("model is required: a hub id, a local path or a loaded masked LM")
+        if self.verbalizer is None:
+            raise ValueError('verbalizer is required: label words per class, e.g. {"neg": ["bad"], "pos": ["good"]}')
+        _choice(TrainMode, self.train_mode, "train_mode")
+        _choice(Decoding, self.decoding, "decoding")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 4):
+            raise ValueError(f"max_length must be an integer of at least 4, got {self.max_length!r}")
+        return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)
+
+    def _build(self, template: Template, verbalizer: Verbalizer, *, copy_model: bool) -> PromptModel:
+        mlm, tokenizer = load_model(self.model, self.tokenizer)
+        if copy_model and not isinstance(self.model, str):
+            mlm = copy.deepcopy(mlm)  # never train the caller's model in place
+        device = resolve_device(self.device)
+        mlm.to(device)
+        torch.manual_seed(self.random_state)
+        model = PromptModel(mlm, tokenizer, template, verbalizer, max_length=self.max_length, seed=self.random_state)
+        return model.to(device).eval()  # training switches modes itself and switches back
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: Any = None, y: Any = None, **fit_params: Any) -> PromptClassifier:
+        """Zero-shot (``train_mode="none"``): validate and fix ``classes_``; X and y may be omitted.
+
+        Other modes train on ``(X, y)``; see :mod:`promptcls.training`.
+        """
+        template, verbalizer = self._validate()
+        mode = TrainMode(self.train_mode)
+        classes = list(verbalizer.classes)
+        if y is not None:
+            y = list(y)
+            unknown = [label for label in dict.fromkeys(y) if label not in verbalizer.words]
+            if unknown:
+                raise ValueError(
+                    f"label {unknown[0]!r} in y is not a verbalizer class; classes are {classes}: "
+                    "add label words for it or map y to these classes"
+                )
+            if X is not None and len(y) != len(_len_check(X)):
+                raise ValueError(f"X has {len(_len_check(X))} rows but y has {len(y)} labels")
+        if mode != TrainMode.NONE and (X is None or y is None):
+            raise ValueError(f"train_mode={mode.value!r} trains on labelled data: call fit(X, y)")
+        self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
+        self.template_ = template
+        self.verbalizer_ = verbalizer
+        self.classes_ = np.asarray(classes if len({type(c) for c in classes}) == 1 else np.array(classes, dtype=object))
+        self.calibration_ = None
+        if mode != TrainMode.NONE:
+            from .training import train
+
+            self.history_ = train(self, X, y, **fit_params)
+        self.calibration_ = self._content_free_log_probs()
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def _content_free_log_probs(self) -> torch.Tensor | None:
+        if self.calibration is False or self.calibration is None:
+            return None
+        texts = DEFAULT_CONTENT_FREE if self.calibration is True else tuple(self.calibration)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"calibration must be True, False or a list of content-free strings, got {self.calibration!r}")
+        rows = [{f: t for f in self.template_.fields} for t in texts]
+        scores = self._scores(rows, progress=False)
+        return scores.softmax(-1).mean(0).log()  # (C,)
+
+    def _scores(self, rows: list[dict[str, str]], progress: bool | None = None) -> torch.Tensor:
+        """(n, C) class scores, batched by length, in the order of ``rows``."""
+        model = self.model_
+        encoded = model.encode(rows)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        out = torch.empty(len(rows), len(self.classes_))
+        model.eval()
+        show = self.progress if progress is None else progress
+        with torch.inference_mode():
+            starts = range(0, len(order), self.batch_size)
+            for start in tqdm(starts, desc="scoring", unit="batch", disable=None if show is None else not show):
+                idx = order[start : start + self.batch_size]
+                out[idx] = model.class_scores([encoded[i] for i in idx], decoding=self.decoding).float().cpu()
+        return out
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """(n, C) class scores (log-probability scale; calibrated when ``calibration`` is on)."""
+        check_is_fitted(self, "model_")
+        rows = to_rows(X, self.template_.fields, self.columns)
+        if not rows:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        scores = self._scores(rows)
+        if self.calibration_ is not None:
+            scores = scores.log_softmax(-1) - self.calibration_
+        return scores.numpy()
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, C) class probabilities: the softmax of the class scores."""
+        scores = torch.from_numpy(self.decision_function(X))
+        return scores.softmax(-1).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels, from ``classes_``."""
+        return self.classes_[self.decision_function(X).argmax(1)]
+
+
+def _len_check(X: Any) -> Any:
+    if isinstance(X, str):
+        return [X]
+    return X

@@ -1,0 +1,253 @@
+"""The forward path: prompt ids -> encoder -> mask rows -> MLM head on those rows -> class scores.
+
+The head is found without a table of model classes. Every ``AutoModelForMaskedLM`` calls its
+base model (``model.base_model``) and hands the hidden states to its head. While scoring, the
+base model's forward is wrapped so that it returns only the rows at the mask positions: the
+head then runs on (B, M, H) instead of (B, L, H) and no (B, L, V) tensor exists. The same
+wrapping can return cached mask rows without running the encoder at all (head training on a
+frozen encoder). A probe on a tiny input checks both against the plain ``model(...).logits``;
+where they disagree the model falls back to full logits, gathered at the masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+
+from .encoding import Encoded, PromptEncoding, collate
+from .prompts import SoftPrompt
+from .template import Template
+from .verbalizer import Aggregation, LabelWords, Verbalizer, word_token_ids
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PromptModel", "default_max_length"]
+
+
+@contextlib.contextmanager
+def _base_output(model: nn.Module, make: Callable[..., BaseModelOutput]) -> Iterator[None]:
+    """Within the block, ``model.base_model(...)`` returns ``make(original_forward, *args, **kwargs)``."""
+    base = model.base_model
+    original = base.forward
+    base.forward = lambda *args, **kwargs: make(original, *args, **kwargs)
+    try:
+        yield
+    finally:
+        del base.forward  # back to the class's forward
+
+
+def _gather_rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, L, H) hidden states, (B, M) positions -> (B, M, H)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], positions]
+
+
+def default_max_length(model: nn.Module, tokenizer: Any) -> int:
+    """The longest input the model takes: the tokenizer's limit, else the position table's."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 100_000:
+        return limit
+    n_pos = getattr(model.config, "max_position_embeddings", None)
+    if not n_pos:
+        return 512
+    # position ids that start after the padding index (RoBERTa family) leave fewer usable slots
+    embeddings = getattr(model.base_model, "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return n_pos - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+
+
+class PromptModel(nn.Module):
+    """A masked LM with a template's soft prompt and a verbalizer's label words.
+
+    ``class_scores(encoded)`` gives (B, C) class scores; gradients flow where parameters
+    require them. Scoring policy (aggregation, decoding) lives here; batching and devices live
+    in the estimator.
+    """
+
+    def __init__(
+        self,
+        mlm: nn.Module,
+        tokenizer: Any,
+        template: Template,
+        verbalizer: Verbalizer,
+        max_length: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.mlm = mlm
+        self.tokenizer = tokenizer
+        self.template = template
+        self.label_words = LabelWords.build(verbalizer, tokenizer)
+        self.soft_prompt = self._build_soft_prompt(seed) if template.has_soft_tokens else None
+        soft_counts = tuple(self._soft_counts())
+        max_length = max_length or default_max_length(mlm, tokenizer)
+        self.encoding = PromptEncoding(template, tokenizer, max_length, self.label_words.max_tokens, soft_counts)
+        self.split_head = self._probe_split()
+        if not self.split_head:
+            logger.warning(
+                "%s does not hand its base model's hidden states straight to its head; scoring falls back to "
+                "full-vocabulary logits at every position (correct, slower)",
+                type(mlm).__name__,
+            )
+
+    # ------------------------------------------------------------------ set-up
+    def _soft_counts(self) -> list[int]:
+        counts = []
+        for slot in self.template.soft_slots:
+            counts.append(slot.count if slot.count is not None else len(word_token_ids(self.tokenizer, slot.init)))
+        return counts
+
+    def _build_soft_prompt(self, seed: int) -> SoftPrompt:
+        table = self.mlm.get_input_embeddings().weight.detach()
+        generator = torch.Generator().manual_seed(seed)
+        special = set(self.tokenizer.all_special_ids)
+        ordinary = torch.tensor([i for i in range(table.shape[0]) if i not in special])
+        rows = []
+        for slot in self.template.soft_slots:
+            if slot.init is not None:
+                ids = torch.tensor(word_token_ids(self.tokenizer, slot.init))
+            else:  # sampled vocabulary embeddings (Lester et al. 2021)
+                ids = ordinary[torch.randint(len(ordinary), (slot.count,), generator=generator)]
+            rows.append(table[ids.to(table.device)].cpu())
+        return SoftPrompt(torch.cat(rows), self.template.prompt_encoder)
+
+    @torch.no_grad()
+    def _probe_split(self) -> bool:
+        """Do the mask-row paths equal plain logits on a tiny input? (eval mode, no dropout)"""
+        was_training = self.mlm.training
+        self.mlm.eval()
+        try:
+            vocab = self.mlm.get_input_embeddings().weight.shape[0]
+            generator = torch.Generator().manual_seed(0)
+            device = self.device
+            ids = torch.randint(min(5, vocab - 1), vocab, (2, 7), generator=generator).to(device)
+            attention = torch.ones_like(ids)
+            positions = torch.tensor([[1, 4], [2, 6]], device=device)
+            reference = self.mlm(input_ids=ids, attention_mask=attention).logits
+            reference = _gather_rows(reference, positions)
+            split = self._split_logits({"input_ids": ids, "attention_mask": attention}, positions)
+            rows = self.mask_hidden({"input_ids": ids, "attention_mask": attention, "mask_pos": positions})
+            head_only = self.head_logits(rows)
+            return bool(
+                split.shape == reference.shape
+                and torch.allclose(split, reference, atol=1e-4, rtol=1e-4)
+                and torch.allclose(head_only, reference, atol=1e-4, rtol=1e-4)
+            )
+        except Exception as e:  # any model whose forward cannot be split this way
+            logger.debug("head split probe failed: %r", e)
+            return False
+        finally:
+            self.mlm.train(was_training)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mlm.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------------------ forward pieces
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {"attention_mask": batch["attention_mask"]}
+        if "token_type_ids" in batch:
+            inputs["token_type_ids"] = batch["token_type_ids"]
+        soft_pos = batch.get("soft_pos")
+        if self.soft_prompt is not None and soft_pos is not None and soft_pos.numel():
+            embeds = self.mlm.get_input_embeddings()(batch["input_ids"])  # (B, L, E)
+            prompt = self.soft_prompt().to(embeds.dtype)  # (S, E)
+            rows = torch.arange(embeds.shape[0], device=embeds.device)[:, None]
+            embeds = embeds.index_put((rows.expand_as(soft_pos), soft_pos), prompt.expand(soft_pos.shape[0], -1, -1))
+            inputs["inputs_embeds"] = embeds
+        else:
+            inputs["input_ids"] = batch["input_ids"]
+        return inputs
+
+    def _split_logits(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+        def gather(original, *args, **kwargs):
+            out = original(*args, **kwargs)
+            return BaseModelOutput(last_hidden_state=_gather_rows(out[0], positions))
+
+        with _base_output(self.mlm, gather):
+            return self.mlm(**inputs).logits  # (B, M, V)
+
+    def mask_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, M, V) logits at the answer-slot positions; the head runs on those rows only."""
+        inputs = self._model_inputs(batch)
+        if self.split_head:
+            return self._split_logits(inputs, batch["mask_pos"])
+        return _gather_rows(self.mlm(**inputs).logits, batch["mask_pos"])
+
+    def mask_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, M, H) encoder states at the answer-slot positions (the head's input)."""
+        hidden = self.mlm.base_model(**self._model_inputs(batch))[0]  # (B, L, H)
+        return _gather_rows(hidden, batch["mask_pos"])
+
+    def head_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """The MLM head alone on (B, M, H) rows -> (B, M, V); the encoder does not run."""
+        b, m = rows.shape[:2]
+        dummy = torch.zeros((b, m), dtype=torch.long, device=rows.device)
+        with _base_output(self.mlm, lambda original, *a, **k: BaseModelOutput(last_hidden_state=rows)):
+            return self.mlm(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits
+
+    # ------------------------------------------------------------------ scores
+    def group_batches(self, encoded: Sequence[Encoded]) -> dict[int, dict[str, torch.Tensor]]:
+        """One padded batch per label-word length n, each prompt with an n-token answer slot."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = self.device
+        return {
+            n: {k: v.to(device) for k, v in collate([e.with_masks(n) for e in encoded], pad).items()}
+            for n in self.label_words.groups
+        }
+
+    def word_scores_from_logits(self, n: int, logits: torch.Tensor) -> torch.Tensor:
+        """(B, n, V) logits at an n-token slot -> (B, W_n) scores of the n-token words (summed log-probs)."""
+        words = self.label_words.groups[n]
+        ids = torch.tensor([self.label_words.token_ids[w] for w in words], device=logits.device)  # (W_n, n)
+        if self.label_words.verbalizer.aggregation != Aggregation.MEAN_LOGIT:
+            logits = logits.float().log_softmax(-1)
+        index = ids.T[None].expand(logits.shape[0], -1, -1)  # (B, n, W_n)
+        return logits.gather(2, index).sum(1)  # (B, W_n)
+
+    def class_scores(self, encoded: Sequence[Encoded], decoding: str = "parallel") -> torch.Tensor:
+        """(B, C) class scores for encoded prompts. ``decoding``: ``"parallel"`` or ``"iterative"``."""
+        batches = self.group_batches(encoded)
+        n_words = len(self.label_words.token_ids)
+        word_scores = None
+        for n, batch in batches.items():
+            if decoding == "iterative" and n > 1:
+                scores = self._iterative_word_scores(n, batch)
+            else:
+                scores = self.word_scores_from_logits(n, self.mask_logits(batch))
+            if word_scores is None:
+                word_scores = scores.new_zeros(scores.shape[0], n_words)
+            word_scores = word_scores.index_copy(1, torch.tensor(self.label_words.groups[n], device=scores.device), scores)
+        return self.label_words.aggregate(word_scores)
+
+    def _iterative_word_scores(self, n: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """PET's max-first decoding of the n-token words, batched over examples and words.
+
+        All n masks start open; each step fills the position whose word token is most probable
+        and adds its log-prob; n forwards in all.
+        """
+        words = self.label_words.groups[n]
+        b, w = batch["input_ids"].shape[0], len(words)
+        targets = torch.tensor([self.label_words.token_ids[i] for i in words], device=self.device)  # (W, n)
+        tiled = {k: v.repeat_interleave(w, dim=0) for k, v in batch.items()}  # (B*W, ...)
+        targets = targets.repeat(b, 1)  # (B*W, n)
+        rows = torch.arange(b * w, device=self.device)
+        open_ = torch.ones(b * w, n, dtype=torch.bool, device=self.device)
+        total = torch.zeros(b * w, device=self.device)
+        input_ids = tiled["input_ids"].clone()
+        for _ in range(n):
+            lp = self.mask_logits({**tiled, "input_ids": input_ids}).float().log_softmax(-1)  # (B*W, n, V)
+            token_lp = lp.gather(2, targets[..., None])[..., 0].masked_fill(~open_, float("-inf"))  # (B*W, n)
+            best = token_lp.argmax(1)
+            total = total + token_lp[rows, best]
+            input_ids[rows, tiled["mask_pos"][rows, best]] = targets[rows, best]
+            open_[rows, best] = False
+        return total.view(b, w)
+
+    def encode(self, rows: Sequence[dict[str, str]]) -> list[Encoded]:
+        return self.encoding.encode(rows)

@@ -1,0 +1,299 @@
+"""Templates: parse a prompt string, validate it, and render rows to text. No torch here.
+
+A template is plain text with slots::
+
+    "{text} It was [MASK]."                      one text field, the answer slot
+    "{premise} ? [MASK] , {hypothesis}"          a sentence pair (two segments)
+    "[SOFT*4] {text} [SOFT:it was] [MASK]."      learnable prompt tokens
+
+``{field}``
+    filled from the row (a string fills the only field; dicts and DataFrame rows by name).
+``[MASK]``
+    the answer slot; exactly one per template.
+``[SOFT]``, ``[SOFT*n]``, ``[SOFT:words]``
+    one, ``n``, or ``len(tokens(words))`` learnable embeddings; ``[SOFT:words]`` starts from
+    the embeddings of ``words``.
+``[SEP]``
+    where the second segment of a sentence pair starts. Without it, a template with two or
+    more fields starts the second segment at its second field.
+
+``\\{``, ``\\}``, ``\\[``, ``\\]`` and ``\\\\`` write the literal character.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+__all__ = ["Template", "TemplateError", "PromptEncoderType"]
+
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SOFT_COUNT = re.compile(r"SOFT\*(\d+)\Z")
+
+
+class TemplateError(ValueError):
+    """A template string that cannot be parsed or used, with the position of the problem."""
+
+
+class PromptEncoderType(str, Enum):
+    """Re-parameterisation of the soft tokens (P-tuning, Liu et al. 2021)."""
+
+    NONE = "none"
+    LSTM = "lstm"
+    MLP = "mlp"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Mask:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Soft:
+    """``count`` learnable tokens; ``init`` words to initialise them from (count set later)."""
+
+    count: int | None
+    init: str | None = None
+
+
+Part = Text | Field | Mask | Soft
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """Characters ``[start, end)`` of a rendered segment that hold a field value or a slot."""
+
+    kind: str  # "field", "mask" or "soft"
+    name: str | None
+    start: int
+    end: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedSegment:
+    text: str
+    spans: tuple[Span, ...]
+
+
+def _error(source: str, pos: int, message: str) -> TemplateError:
+    pointer = f"\n  {source}\n  {' ' * pos}^"
+    return TemplateError(f"{message} at position {pos} of the template{pointer}")
+
+
+def _parse(source: str) -> list[list[Part]]:
+    """Split ``source`` into segments of parts. Raises ``TemplateError`` with the position."""
+    segments: list[list[Part]] = [[]]
+    buf: list[str] = []
+
+    def flush() -> None:
+        if buf:
+            segments[-1].append(Text("".join(buf)))
+            buf.clear()
+
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        if ch == "\\":
+            if i + 1 >= len(source) or source[i + 1] not in "\\{}[]":
+                raise _error(source, i, "a backslash must escape one of \\ { } [ ]")
+            buf.append(source[i + 1])
+            i += 2
+            continue
+        if ch in "{[":
+            close = "}" if ch == "{" else "]"
+            end = source.find(close, i + 1)
+            if end < 0:
+                raise _error(source, i, f"'{ch}' is never closed with '{close}' (write \\{ch} for a literal)")
+            body = source[i + 1 : end]
+            flush()
+            if ch == "{":
+                if not _FIELD_NAME.match(body):
+                    raise _error(source, i, f"'{{{body}}}' is not a field name (letters, digits, _)")
+                segments[-1].append(Field(body))
+            elif body == "MASK":
+                segments[-1].append(Mask())
+            elif body == "SEP":
+                segments.append([])
+            elif body == "SOFT":
+                segments[-1].append(Soft(1))
+            elif m := _SOFT_COUNT.match(body):
+                if int(m.group(1)) < 1:
+                    raise _error(source, i, f"'[{body}]' needs at least one token")
+                segments[-1].append(Soft(int(m.group(1))))
+            elif body.startswith("SOFT:"):
+                words = body[len("SOFT:") :].strip()
+                if not words:
+                    raise _error(source, i, "'[SOFT:]' needs words to start from, such as [SOFT:it was]")
+                segments[-1].append(Soft(None, words))
+            else:
+                raise _error(
+                    source,
+                    i,
+                    f"unknown slot '[{body}]': expected [MASK], [SOFT], [SOFT*n], [SOFT:words] or [SEP]"
+                    " (write \\[ for a literal bracket)",
+                )
+            i = end + 1
+            continue
+        if ch in "}]":
+            raise _error(source, i, f"unmatched '{ch}' (write \\{ch} for a literal)")
+        buf.append(ch)
+        i += 1
+    flush()
+    return segments
+
+
+def _unparse_text(text: str) -> str:
+    return re.sub(r"([\\{}\[\]])", r"\\\1", text)
+
+
+class Template:
+    """A prompt with one ``[MASK]`` answer slot, text fields, and optional soft tokens.
+
+    Example:
+        >>> t = Template("{text} It was [MASK].")
+        >>> t.fields
+        ('text',)
+        >>> t.render({"text": "Great food!"}, mask_token="<mask>")[0].text
+        'Great food! It was <mask>.'
+    """
+
+    def __init__(self, template: str, prompt_encoder: str | PromptEncoderType = "none") -> None:
+        if not isinstance(template, str):
+            raise TypeError(f"a template is a string, got {type(template).__name__}: {template!r}")
+        try:
+            self.prompt_encoder = PromptEncoderType(prompt_encoder or "none")
+        except ValueError:
+            choices = ", ".join(repr(e.value) for e in PromptEncoderType)
+            raise ValueError(f"prompt_encoder={prompt_encoder!r} is not one of {choices}") from None
+        self.source = template
+        segments = _parse(template)
+        parts = [p for seg in segments for p in seg]
+        n_masks = sum(isinstance(p, Mask) for p in parts)
+        if n_masks != 1:
+            raise TemplateError(
+                f"a template needs exactly one [MASK] answer slot, found {n_masks} in {template!r}"
+            )
+        if len(segments) > 2:
+            raise TemplateError(f"a template has at most two segments (one [SEP]), found {len(segments)} in {template!r}")
+        if any(not seg for seg in segments):
+            raise TemplateError(f"[SEP] must have text on both sides in {template!r}")
+        fields = [p.name for p in parts if isinstance(p, Field)]
+        if not fields:
+            raise TemplateError(f"a template needs at least one {{field}} for the input text, found none in {template!r}")
+        if len(segments) == 1 and len(set(fields)) >= 2:
+            # the second segment starts at the second distinct field
+            second = next(i for i, p in enumerate(parts) if isinstance(p, Field) and p.name != fields[0])
+            segments = [parts[:second], parts[second:]]
+        if self.prompt_encoder != PromptEncoderType.NONE and not any(isinstance(p, Soft) for p in parts):
+            raise TemplateError(
+                f"prompt_encoder={self.prompt_encoder.value!r} re-parameterises soft tokens, but {template!r} has "
+                "none: add [SOFT] slots or use prompt_encoder='none'"
+            )
+        self.segments: tuple[tuple[Part, ...], ...] = tuple(tuple(s) for s in segments)
+        self.fields: tuple[str, ...] = tuple(dict.fromkeys(fields))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_pair(self) -> bool:
+        return len(self.segments) == 2
+
+    @property
+    def soft_slots(self) -> tuple[Soft, ...]:
+        return tuple(p for seg in self.segments for p in seg if isinstance(p, Soft))
+
+    @property
+    def has_soft_tokens(self) -> bool:
+        return bool(self.soft_slots)
+
+    # ------------------------------------------------------------------ rendering
+    def render(
+        self,
+        row: Mapping[str, Any],
+        mask_token: str,
+        n_mask: int = 1,
+        soft_counts: tuple[int, ...] | None = None,
+    ) -> list[RenderedSegment]:
+        """Fill the fields from ``row``; slots become runs of ``mask_token`` with their spans.
+
+        ``n_mask`` masks fill the answer slot (one per token of a multi-token label word);
+        ``soft_counts`` gives the number of tokens of each soft slot (needed for ``[SOFT:words]``).
+        """
+        soft_counts = soft_counts or tuple(s.count or 1 for s in self.soft_slots)
+        out = []
+        soft_i = 0
+        for seg in self.segments:
+            pieces: list[str] = []
+            spans: list[Span] = []
+            pos = 0
+            for part in seg:
+                if isinstance(part, Text):
+                    piece = part.text
+                elif isinstance(part, Field):
+                    piece = _field_value(row, part.name)
+                    spans.append(Span("field", part.name, pos, pos + len(piece)))
+                elif isinstance(part, Mask):
+                    piece = mask_token * n_mask
+                    spans.append(Span("mask", None, pos, pos + len(piece)))
+                else:
+                    piece = mask_token * soft_counts[soft_i]
+                    spans.append(Span("soft", str(soft_i), pos, pos + len(piece)))
+                    soft_i += 1
+                pieces.append(piece)
+                pos += len(piece)
+            out.append(RenderedSegment("".join(pieces), tuple(spans)))
+        return out
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {"template": self.source, "prompt_encoder": self.prompt_encoder.value}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Template:
+        data = dict(data)
+        if "template" not in data:
+            raise ValueError(f"a template dict needs the key 'template', got keys {sorted(data)}")
+        return cls(data.pop("template"), prompt_encoder=data.pop("prompt_encoder", "none"))
+
+    @classmethod
+    def coerce(cls, template: Template | str | Mapping[str, Any]) -> Template:
+        if isinstance(template, Template):
+            return template
+        if isinstance(template, str):
+            return cls(template)
+        if isinstance(template, Mapping):
+            return cls.from_dict(template)
+        raise TypeError(f"expected a Template, a template string or a dict, got {type(template).__name__}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Template) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.prompt_encoder))
+
+    def __repr__(self) -> str:
+        extra = f", prompt_encoder={self.prompt_encoder.value!r}" if self.prompt_encoder != PromptEncoderType.NONE else ""
+        return f"Template({self.source!r}{extra})"
+
+
+def _field_value(row: Mapping[str, Any], name: str) -> str:
+    if name not in row:
+        raise KeyError(name)
+    value = row[name]
+    if value is None or (isinstance(value, float) and value != value):
+        raise ValueError(f"field {name!r} is missing (None/NaN) in row {dict(row)!r}")
+    if not isinstance(value, str):
+        raise TypeError(f"field {name!r} must be a string, got {type(value).__name__}: {value!r}")
+    return value
