@@ -269,7 +269,8 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels, from ``classes_``."""
-        return self.classes_[self.decision_function(X).argmax(1)]
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(1)]
 
 
 def _len_check(X: Any) -> Any:

@@ -90,7 +90,7 @@ class RenderedSegment:
 
 def _error(source: str, pos: int, message: str) -> TemplateError:
     pointer = f"\n  {source}\n  {' ' * pos}^"
-    return TemplateError(f"{message} at position {pos} of the template{pointer}")
+    return TemplateError(f"template position {pos}: {message}{pointer}")
 
 
 def _parse(source: str) -> list[list[Part]]:

@@ -1,0 +1,97 @@
+"""Encoding: slots located by the tokenizer, truncation of text fields only, dynamic padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_parity import LABEL_WORDS, reference_scores
+
+from promptcls import PromptClassifier
+from promptcls.encoding import collate
+
+WORDS = "the food was good but the service was poor and the price was not cheap".split()
+
+
+def long_text(n_words: int, offset: int = 0) -> str:
+    return " ".join(WORDS[(offset + i) % len(WORDS)] for i in range(n_words))
+
+
+@pytest.mark.parametrize("family_name", ["bert", "roberta", "albert"])
+def test_long_texts_keep_template_and_mask(family_name, tokenizers, _models):
+    from conftest import TOKENIZER_OF
+
+    model, tokenizer = _models[family_name], tokenizers[TOKENIZER_OF[family_name]]
+    max_length = 24
+    texts = [long_text(10 * max_length), long_text(10 * max_length, 3), "the food was good"]
+    clf = PromptClassifier(model, "{text} It was [MASK].", LABEL_WORDS, tokenizer=tokenizer, max_length=max_length).fit()
+
+    encoded = clf.model_.encode([{"text": t} for t in texts])
+    n = clf.model_.label_words.max_tokens  # the slot is as wide as the longest label word
+    tail = tokenizer(" It was " + tokenizer.mask_token * n + ".", add_special_tokens=False)["input_ids"]
+    for e in encoded:
+        assert len(e.input_ids) <= max_length
+        assert [e.input_ids[p] for p in e.mask_pos] == [tokenizer.mask_token_id] * n
+        assert e.input_ids[-len(tail) - 1 : -1] == tail  # " It was [MASK]...[MASK]." before the closing token
+    assert len(encoded[0].input_ids) >= max_length - 1  # not shortened more than needed
+
+    shortened = clf.model_.encoding.truncate([{"text": t} for t in texts])
+    for before, after in zip(texts, shortened):
+        assert before.startswith(after["text"])
+    assert shortened[2]["text"] == texts[2]
+    assert len(shortened[0]["text"]) < len(texts[0]) / 5
+
+    got = clf.decision_function(texts)
+    np.testing.assert_allclose(got, clf.decision_function([r["text"] for r in shortened]), atol=1e-6, rtol=0)
+    renders = [lambda m, t=r["text"]: (f"{t} It was {m}.",) for r in shortened]
+    np.testing.assert_allclose(got, reference_scores(model, tokenizer, renders, LABEL_WORDS), atol=1e-5, rtol=0)
+
+
+def test_pair_truncates_longest_field_first(bert):
+    model, tokenizer = bert
+    clf = PromptClassifier(
+        model, "{premise} ? [MASK] , {hypothesis}", {"no": ["no"], "yes": ["yes"]}, tokenizer=tokenizer, max_length=20
+    ).fit()
+    row = {"premise": long_text(200), "hypothesis": "it was fun"}
+    (short,) = clf.model_.encoding.truncate([row])
+    assert short["hypothesis"] == "it was fun"
+    assert row["premise"].startswith(short["premise"])
+    (enc,) = clf.model_.encode([row])
+    assert len(enc.input_ids) == 20
+    assert tokenizer.convert_ids_to_tokens(enc.input_ids[-5:]) == ["[SEP]", "it", "was", "fun", "[SEP]"]
+
+
+def test_template_longer_than_max_length_is_an_error(bert):
+    model, tokenizer = bert
+    clf = PromptClassifier(model, "{text} It was [SOFT*20] [MASK].", {"a": "good", "b": "bad"}, tokenizer=tokenizer, max_length=12)
+    clf.fit()
+    with pytest.raises(ValueError, match="needs more than max_length=12 tokens even with empty text fields"):
+        clf.predict(["the food was good"])
+
+
+def test_text_with_a_mask_token_is_an_error(bert):
+    model, tokenizer = bert
+    clf = PromptClassifier(model, "{text} It was [MASK].", {"a": "good", "b": "bad"}, tokenizer=tokenizer).fit()
+    with pytest.raises(ValueError, match=r"row 1: field 'text' contains the mask token '\[MASK\]'"):
+        clf.predict(["fine", "it was [MASK] ."])
+
+
+def test_collate_pads_dynamically(bert):
+    model, tokenizer = bert
+    clf = PromptClassifier(model, "{text} It was [MASK].", {"a": "good", "b": "bad"}, tokenizer=tokenizer).fit()
+    encoded = clf.model_.encode([{"text": "the food"}, {"text": "the food was good and the price was cheap"}])
+    batch = collate(encoded, tokenizer.pad_token_id)
+    longest = max(len(e.input_ids) for e in encoded)
+    assert batch["input_ids"].shape == (2, longest)
+    assert batch["attention_mask"].sum(1).tolist() == [len(e.input_ids) for e in encoded]
+    assert (batch["input_ids"][0, len(encoded[0].input_ids) :] == tokenizer.pad_token_id).all()
+
+
+def test_with_masks_equals_direct_encoding(roberta):
+    model, tokenizer = roberta
+    clf = PromptClassifier(model, "[SOFT] {text} [SOFT*2] It was [MASK].", LABEL_WORDS, tokenizer=tokenizer).fit()
+    (wide,) = clf.model_.encode([{"text": "the food was good"}])
+    narrow = wide.with_masks(1)
+    direct = tokenizer(f"{tokenizer.mask_token} the food was good {tokenizer.mask_token * 2} It was {tokenizer.mask_token}.")
+    assert narrow.input_ids == direct["input_ids"]
+    masks = [i for i, t in enumerate(direct["input_ids"]) if t == tokenizer.mask_token_id]
+    assert narrow.soft_pos == masks[:3] and narrow.mask_pos == masks[3:]
