@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .inputs import to_rows
 from .modeling import PromptModel
+from .saving import fingerprint, load_classifier, save_classifier
 from .template import Template
 from .verbalizer import Verbalizer
 
@@ -128,6 +129,28 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         Seeds soft-prompt initialisation and training.
     progress : bool or None
         Progress bars; ``None`` shows them on a terminal only.
+
+    Training (``train_mode`` other than ``"none"``; see :mod:`promptcls.training`):
+
+    epochs, max_steps : int
+        Passes over the data, or a number of optimiser steps (overrides ``epochs``).
+    train_batch_size, gradient_accumulation_steps : int
+        Examples per forward, forwards per optimiser step.
+    learning_rate, prompt_learning_rate : float, optional
+        For the model / head and for the soft prompt. Defaults per mode: head 1e-3,
+        full 2e-5, prompt 3e-3.
+    warmup_ratio, weight_decay, max_grad_norm : float
+        Linear warm-up then linear decay; AdamW decay (not on biases and norms); clipping.
+    mixed_precision : {"no", "fp16", "bf16"}
+        Autocast on CUDA.
+    mlm_loss_weight : float, optional
+        PET's auxiliary MLM loss on ``fit(..., unlabeled=texts)``: the classification loss
+        gets this weight and the MLM loss ``1 - weight`` (PET: 0.9999, the default when
+        unlabeled texts are given).
+    callbacks : list of callables
+        Each is called as ``callback(classifier, log)`` after every epoch.
+
+    ``fit(X, y, eval_set=(X_dev, y_dev))`` keeps the epoch with the best dev accuracy.
     """
 
     def __init__(
@@ -146,6 +169,18 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         random_state: int = 0,
         progress: bool | None = None,
+        epochs: int = 10,
+        max_steps: int | None = None,
+        train_batch_size: int = 8,
+        gradient_accumulation_steps: int = 1,
+        learning_rate: float | None = None,
+        prompt_learning_rate: float | None = None,
+        warmup_ratio: float = 0.06,
+        weight_decay: float = 0.01,
+        max_grad_norm: float | None = 1.0,
+        mixed_precision: str = "no",
+        mlm_loss_weight: float | None = None,
+        callbacks: Sequence[Any] | None = None,
     ) -> None:
         self.model = model
         self.template = template
@@ -160,6 +195,18 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.progress = progress
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.train_batch_size = train_batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.learning_rate = learning_rate
+        self.prompt_learning_rate = prompt_learning_rate
+        self.warmup_ratio = warmup_ratio
+        self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
+        self.mixed_precision = mixed_precision
+        self.mlm_loss_weight = mlm_loss_weight
+        self.callbacks = callbacks
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -180,6 +227,16 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 4):
             raise ValueError(f"max_length must be an integer of at least 4, got {self.max_length!r}")
+        for name in ("epochs", "train_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
+        if self.mlm_loss_weight is not None and not 0.0 <= self.mlm_loss_weight <= 1.0:
+            raise ValueError(f"mlm_loss_weight must lie in [0, 1], got {self.mlm_loss_weight!r}")
         return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)
 
     def _build(self, template: Template, verbalizer: Verbalizer, *, copy_model: bool) -> PromptModel:
@@ -193,10 +250,13 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         return model.to(device).eval()  # training switches modes itself and switches back
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: Any = None, y: Any = None, **fit_params: Any) -> PromptClassifier:
+    def fit(
+        self, X: Any = None, y: Any = None, *, eval_set: tuple[Any, Any] | None = None, unlabeled: Any = None
+    ) -> PromptClassifier:
         """Zero-shot (``train_mode="none"``): validate and fix ``classes_``; X and y may be omitted.
 
-        Other modes train on ``(X, y)``; see :mod:`promptcls.training`.
+        Other modes train on ``(X, y)``: ``eval_set=(X_dev, y_dev)`` keeps the best epoch,
+        ``unlabeled`` texts feed PET's auxiliary MLM loss. See :mod:`promptcls.training`.
         """
         template, verbalizer = self._validate()
         mode = TrainMode(self.train_mode)
@@ -216,12 +276,14 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
         self.template_ = template
         self.verbalizer_ = verbalizer
-        self.classes_ = np.asarray(classes if len({type(c) for c in classes}) == 1 else np.array(classes, dtype=object))
+        self.classes_ = classes_array(verbalizer)
+        self.base_fingerprint_ = fingerprint(self.model_)
         self.calibration_ = None
+        self.trained_parameters_: list[str] = []
         if mode != TrainMode.NONE:
             from .training import train
 
-            self.history_ = train(self, X, y, **fit_params)
+            self.history_ = train(self, X, y, eval_set=eval_set, unlabeled=unlabeled)
         self.calibration_ = self._content_free_log_probs()
         return self
 
@@ -267,10 +329,35 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         scores = torch.from_numpy(self.decision_function(X))
         return scores.softmax(-1).numpy()
 
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str) -> str:
+        """Write the JSON config and only the trained tensors (safetensors) to ``directory``, atomically."""
+        check_is_fitted(self, "model_")
+        return str(save_classifier(self, directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str, model: Any = None, tokenizer: Any = None, **overrides: Any) -> PromptClassifier:
+        """Load a saved classifier onto its base model (by its saved id/path, or ``model`` given here).
+
+        ``overrides`` change settings such as ``device`` or ``batch_size``. A different base model,
+        or a missing or corrupted file, raises a ``ValueError`` / ``FileNotFoundError`` saying so.
+        """
+        return load_classifier(directory, model=model, tokenizer=tokenizer, **overrides)
+
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels, from ``classes_``."""
         scores = self.decision_function(X)
         return self.classes_[scores.argmax(1)]
+
+
+def classes_array(verbalizer: Verbalizer) -> np.ndarray:
+    """The verbalizer's classes as an array (object dtype when label types are mixed)."""
+    classes = list(verbalizer.classes)
+    if len({type(c) for c in classes}) == 1:
+        return np.asarray(classes)
+    out = np.empty(len(classes), dtype=object)
+    out[:] = classes
+    return out
 
 
 def _len_check(X: Any) -> Any:

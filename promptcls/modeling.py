@@ -212,18 +212,21 @@ class PromptModel(nn.Module):
 
     def class_scores(self, encoded: Sequence[Encoded], decoding: str = "parallel") -> torch.Tensor:
         """(B, C) class scores for encoded prompts. ``decoding``: ``"parallel"`` or ``"iterative"``."""
-        batches = self.group_batches(encoded)
-        n_words = len(self.label_words.token_ids)
-        word_scores = None
-        for n, batch in batches.items():
+        word_scores = {}
+        for n, batch in self.group_batches(encoded).items():
             if decoding == "iterative" and n > 1:
-                scores = self._iterative_word_scores(n, batch)
+                word_scores[n] = self._iterative_word_scores(n, batch)
             else:
-                scores = self.word_scores_from_logits(n, self.mask_logits(batch))
-            if word_scores is None:
-                word_scores = scores.new_zeros(scores.shape[0], n_words)
-            word_scores = word_scores.index_copy(1, torch.tensor(self.label_words.groups[n], device=scores.device), scores)
-        return self.label_words.aggregate(word_scores)
+                word_scores[n] = self.word_scores_from_logits(n, self.mask_logits(batch))
+        return self.class_scores_from_words(word_scores)
+
+    def class_scores_from_words(self, word_scores: dict[int, torch.Tensor]) -> torch.Tensor:
+        """{n: (B, W_n) scores of the n-token words} -> (B, C) class scores."""
+        first = next(iter(word_scores.values()))
+        scores = first.new_zeros(first.shape[0], len(self.label_words.token_ids))  # (B, W)
+        for n, s in word_scores.items():
+            scores = scores.index_copy(1, torch.tensor(self.label_words.groups[n], device=s.device), s)
+        return self.label_words.aggregate(scores)
 
     def _iterative_word_scores(self, n: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """PET's max-first decoding of the n-token words, batched over examples and words.

@@ -210,3 +210,20 @@ def roberta(tokenizers, _models):
 def fresh_bert(tokenizers, _models):
     """A private copy, free to train."""
     return copy.deepcopy(_models["bert"]), tokenizers["wordpiece"]
+
+
+@pytest.fixture(scope="session")
+def _trainable_bert(tokenizers):
+    # larger initial weights and no dropout: a random tiny model whose mask state depends on its input
+    tokenizer = tokenizers["wordpiece"]
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY,
+    )
+    torch.manual_seed(0)
+    return transformers.AutoModelForMaskedLM.from_config(config).eval(), tokenizer
+
+
+@pytest.fixture
+def trainable_bert(_trainable_bert):
+    return _trainable_bert

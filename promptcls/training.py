@@ -1,0 +1,280 @@
+"""Few-shot training: one loop for every ``train_mode``, with callbacks.
+
+``head``         the MLM head only (transform, layer norm, output bias); the output matrix stays
+                 tied to the frozen input embeddings. The encoder is frozen and its input fixed,
+                 so the mask rows are computed once and later epochs never run the encoder.
+``prompt``       the soft-token embeddings (and the P-tuning encoder).
+``head+prompt``  both.
+``full``         every model parameter and the prompt (prompt-based fine-tuning, PET / LM-BFF).
+
+Loss: cross-entropy over the class scores (multi-token words scored in parallel). Optionally
+PET's auxiliary MLM loss on unlabeled texts: ``alpha * ce + (1 - alpha) * mlm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .encoding import Encoded, collate
+from .inputs import to_rows
+from .modeling import PromptModel
+
+if TYPE_CHECKING:
+    from .estimator import PromptClassifier
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train", "trainable_parameters", "DEFAULT_LEARNING_RATES"]
+
+# (model or head learning rate, prompt learning rate) per mode: few-shot defaults
+DEFAULT_LEARNING_RATES = {
+    "head": (1e-3, None),
+    "prompt": (None, 3e-3),
+    "head+prompt": (1e-3, 3e-3),
+    "full": (2e-5, 3e-3),
+}
+
+
+def head_parameters(model: PromptModel) -> dict[str, torch.nn.Parameter]:
+    """The MLM head's own parameters: everything outside the base model except the output matrix."""
+    mlm = model.mlm
+    in_base = {id(p) for p in mlm.base_model.parameters()}
+    output = mlm.get_output_embeddings()
+    output_weight = id(output.weight) if output is not None else None
+    return {
+        f"mlm.{name}": p for name, p in mlm.named_parameters() if id(p) not in in_base and id(p) != output_weight
+    }
+
+
+def trainable_parameters(model: PromptModel, mode: str) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
+    """(model-side, prompt-side) parameters that ``mode`` trains, by name in ``model``."""
+    prompt = {f"soft_prompt.{n}": p for n, p in model.soft_prompt.named_parameters()} if model.soft_prompt else {}
+    if mode in ("prompt", "head+prompt") and not prompt:
+        raise ValueError(
+            f"train_mode={mode!r} trains soft prompt tokens, but template {model.template.source!r} has none: "
+            "add [SOFT] slots, or use train_mode='head' or 'full'"
+        )
+    if mode == "head":
+        return head_parameters(model), {}
+    if mode == "prompt":
+        return {}, prompt
+    if mode == "head+prompt":
+        return head_parameters(model), prompt
+    if mode == "full":
+        return {f"mlm.{n}": p for n, p in model.mlm.named_parameters()}, prompt
+    raise ValueError(f"train_mode={mode!r} does not train")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _label_indices(y: Sequence[Any], classes: Sequence[Any]) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(classes)}
+    return torch.tensor([index[label] for label in y], dtype=torch.long)
+
+
+def _optimizer(model_params, prompt_params, lr: float | None, prompt_lr: float | None, weight_decay: float):
+    groups = []
+    decay = [p for n, p in model_params.items() if p.ndim > 1]
+    no_decay = [p for n, p in model_params.items() if p.ndim <= 1]  # biases and norms
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    if prompt_params:
+        groups.append({"params": list(prompt_params.values()), "lr": prompt_lr, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+def _linear_schedule(optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _HeadCache:
+    """Mask rows of a frozen encoder, computed once: {n: (N, n, H)} per label-word length."""
+
+    def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
+        parts: dict[int, list[torch.Tensor]] = {n: [] for n in model.label_words.groups}
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                for n, batch in model.group_batches(encoded[start : start + batch_size]).items():
+                    parts[n].append(model.mask_hidden(batch))
+        self.rows = {n: torch.cat(p) for n, p in parts.items()}
+
+    def class_scores(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
+        words = {n: model.word_scores_from_logits(n, model.head_logits(rows[idx])) for n, rows in self.rows.items()}
+        return model.class_scores_from_words(words)
+
+
+def _mlm_loss(model: PromptModel, encoded: Sequence[Encoded], generator: torch.Generator) -> torch.Tensor:
+    """PET's auxiliary MLM loss: BERT-style masking of 15% of the text tokens of unlabeled prompts."""
+    tok = model.tokenizer
+    special = set(tok.all_special_ids)
+    batch = collate(encoded, tok.pad_token_id if tok.pad_token_id is not None else 0)
+    ids = batch["input_ids"]
+    candidates = torch.tensor([[t not in special for t in row] for row in ids.tolist()]) & batch["attention_mask"].bool()
+    chosen = (torch.rand(ids.shape, generator=generator) < 0.15) & candidates
+    for i in range(len(ids)):  # at least one masked token per prompt
+        if not chosen[i].any() and candidates[i].any():
+            chosen[i, candidates[i].nonzero()[0, 0]] = True
+    targets = ids.clone()
+    roll = torch.rand(ids.shape, generator=generator)
+    ids = ids.clone()
+    ids[chosen & (roll < 0.8)] = tok.mask_token_id
+    random_words = torch.randint(len(tok), ids.shape, generator=generator)
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    ids[swap] = random_words[swap]
+    counts = chosen.sum(1)
+    width = int(counts.max())
+    positions = torch.zeros(len(ids), width, dtype=torch.long)
+    valid = torch.zeros(len(ids), width, dtype=torch.bool)
+    for i in range(len(ids)):
+        p = chosen[i].nonzero()[:, 0]
+        positions[i, : len(p)] = p
+        valid[i, : len(p)] = True
+    device = model.device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch.update(input_ids=ids.to(device), mask_pos=positions.to(device))
+    logits = model.mask_logits(batch)  # (B, P, V) at the masked positions only
+    gold = targets.gather(1, positions).to(device)
+    return torch.nn.functional.cross_entropy(logits[valid.to(device)].float(), gold[valid.to(device)])
+
+
+def train(
+    clf: PromptClassifier,
+    X: Any,
+    y: Any,
+    eval_set: tuple[Any, Any] | None = None,
+    unlabeled: Any = None,
+) -> list[dict[str, float]]:
+    """Train ``clf.model_`` in place per ``clf.train_mode``; returns the per-epoch log."""
+    model: PromptModel = clf.model_
+    mode = str(clf.train_mode if isinstance(clf.train_mode, str) else clf.train_mode.value)
+    _seed_everything(clf.random_state)
+    generator = torch.Generator().manual_seed(clf.random_state)
+
+    default_lr, default_prompt_lr = DEFAULT_LEARNING_RATES[mode]
+    lr = clf.learning_rate if clf.learning_rate is not None else default_lr
+    prompt_lr = clf.prompt_learning_rate if clf.prompt_learning_rate is not None else default_prompt_lr
+    model_params, prompt_params = trainable_parameters(model, mode)
+    trained = {**model_params, **prompt_params}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trained.values():
+        p.requires_grad_(True)
+
+    rows = to_rows(X, model.template.fields, clf.columns)
+    labels = _label_indices(list(y), clf.classes_.tolist()).to(model.device)
+    encoded = model.encode(rows)
+    unlabeled_encoded = model.encode(to_rows(unlabeled, model.template.fields, clf.columns)) if unlabeled is not None else None
+    alpha = clf.mlm_loss_weight
+    if unlabeled_encoded is not None and alpha is None:
+        alpha = 0.9999  # PET's weighting of the classification loss
+    if alpha is not None and unlabeled_encoded is None:
+        raise ValueError("mlm_loss_weight is set but fit got no unlabeled texts: fit(X, y, unlabeled=texts)")
+
+    batch_size = clf.train_batch_size
+    accumulation = clf.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / accumulation)
+    total_steps = clf.max_steps if clf.max_steps is not None else steps_per_epoch * clf.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = _optimizer(model_params, prompt_params, lr, prompt_lr, clf.weight_decay)
+    scheduler = _linear_schedule(optimizer, int(clf.warmup_ratio * total_steps), total_steps)
+
+    device_type = model.device.type
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(clf.mixed_precision)
+    if amp_dtype is not None and device_type != "cuda":
+        logger.warning("mixed_precision=%r needs a CUDA device; training in float32 on %s", clf.mixed_precision, device_type)
+        amp_dtype = None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    cache = None
+    if mode == "head" and model.split_head:
+        model.eval()  # frozen encoder, fixed input: deterministic mask rows
+        cache = _HeadCache(model, encoded, clf.batch_size)
+    else:
+        model.train()
+
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    show = clf.progress
+    step = 0
+    callbacks: list[Callable[..., Any]] = list(clf.callbacks or [])
+    with tqdm(total=total_steps, desc=f"training ({mode})", unit="step", disable=None if show is None else not show) as bar:
+        for epoch in range(epochs):
+            order = torch.randperm(len(encoded), generator=generator)
+            losses = []
+            optimizer.zero_grad(set_to_none=True)
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            for b, idx in enumerate(batches):
+                autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                with autocast:
+                    if cache is not None:
+                        scores = cache.class_scores(model, idx.to(model.device))
+                    else:
+                        scores = model.class_scores([encoded[i] for i in idx.tolist()])
+                    loss = torch.nn.functional.cross_entropy(scores.float(), labels[idx.to(labels.device)])
+                    if alpha is not None:
+                        pick = torch.randint(len(unlabeled_encoded), (len(idx),), generator=generator).tolist()
+                        loss = alpha * loss + (1 - alpha) * _mlm_loss(model, [unlabeled_encoded[i] for i in pick], generator)
+                losses.append(loss.item())
+                loss = loss / accumulation
+                (scaler.scale(loss) if scaler else loss).backward()
+                if (b + 1) % accumulation and b + 1 != len(batches):
+                    continue
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if clf.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(list(trained.values()), clf.max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step >= total_steps:
+                    break
+            log = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses))}
+            if eval_set is not None:
+                log["eval_accuracy"] = float(np.mean(clf.predict(eval_set[0]) == np.asarray(list(eval_set[1]))))
+                if cache is None:
+                    model.train()
+                if best is None or log["eval_accuracy"] > best[0]:
+                    best = (log["eval_accuracy"], {n: p.detach().clone() for n, p in trained.items()})
+            logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in log.items()})
+            history.append(log)
+            for callback in callbacks:
+                callback(clf, log)
+            if step >= total_steps:
+                break
+
+    if best is not None:
+        with torch.no_grad():
+            for name, value in best[1].items():
+                trained[name].copy_(value)
+        logger.info("kept the epoch with the best eval accuracy (%.4f)", best[0])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    clf.trained_parameters_ = sorted(trained)
+    return history

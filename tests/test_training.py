@@ -1,0 +1,140 @@
+"""Few-shot training: exactly the intended parameters move, the toy task is learnt, runs repeat."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from promptcls import PromptClassifier
+
+WORDS = {"neg": ["bad", "terrible"], "pos": ["good", "great"]}
+X = ["the food was nice", "i love this place", "the staff are nice", "fun film",
+     "the service was poor", "i hate this place", "the food was awful", "boring film"]
+Y = ["pos"] * 4 + ["neg"] * 4
+TEMPLATES = {
+    "head": "{text} It was [MASK].",
+    "prompt": "{text} [SOFT*4] [MASK].",
+    "head+prompt": "[SOFT*2] {text} [MASK].",
+    "full": "{text} It [SOFT:was] [MASK].",
+}
+
+
+def make(model_tok, mode, **kw):
+    model, tokenizer = model_tok
+    kw = {"epochs": 80, "train_batch_size": 4, "learning_rate": 1e-2, "prompt_learning_rate": 1e-1, "progress": False,
+          "train_mode": mode, **kw}
+    return PromptClassifier(model, TEMPLATES[mode], WORDS, tokenizer=tokenizer, **kw)
+
+
+def parameters(clf):
+    return {n: p.detach().clone() for n, p in clf.model_.named_parameters()}
+
+
+HEAD = {
+    "mlm.cls.predictions.bias",
+    "mlm.cls.predictions.transform.dense.weight",
+    "mlm.cls.predictions.transform.dense.bias",
+    "mlm.cls.predictions.transform.LayerNorm.weight",
+    "mlm.cls.predictions.transform.LayerNorm.bias",
+}
+
+
+@pytest.mark.parametrize("mode", ["head", "prompt", "head+prompt", "full"])
+def test_one_step_changes_exactly_the_intended_parameters(trainable_bert, mode):
+    before = parameters(make(trainable_bert, mode, train_mode="none").fit())
+    clf = make(trainable_bert, mode, max_steps=1, weight_decay=0.0).fit(X, Y)
+    after = parameters(clf)
+    assert before.keys() == after.keys()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    soft = {n for n in before if n.startswith("soft_prompt.")}
+    expected = {
+        "head": HEAD,
+        "prompt": soft,
+        "head+prompt": HEAD | soft,
+        "full": set(before),
+    }[mode]
+    if mode == "full":  # unused rows of the pooler-free model do not get gradients: all tensors that took part moved
+        expected = {n for n in before if not n.startswith("mlm.bert.pooler")}
+    assert changed == expected
+    assert set(clf.trained_parameters_) >= changed
+    # the caller's model is never trained in place
+    model, _ = trainable_bert
+    reference = dict(model.named_parameters())
+    assert all(torch.equal(reference[n[len("mlm."):]], before[n]) for n in before if n.startswith("mlm."))
+
+
+def test_head_mode_runs_the_encoder_once_per_example(trainable_bert, monkeypatch):
+    model, _ = trainable_bert
+    rows = []
+    base_cls = type(model.base_model)
+    original = base_cls.forward
+
+    def counting(self, *args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        rows.append((ids if ids is not None else embeds).shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(base_cls, "forward", counting)
+    make(trainable_bert, "head", train_mode="none").fit()
+    probe = sum(rows)  # the set-up probe of the head split
+    counts = {}
+    for epochs in (1, 10):
+        rows.clear()
+        make(trainable_bert, "head", epochs=epochs).fit(X, Y)
+        counts[epochs] = sum(rows) - probe
+    # "terrible" has two tokens: one encoder pass per example and label-word length, for any number of epochs
+    assert counts == {1: 2 * len(X), 10: 2 * len(X)}
+    rows.clear()
+    make(trainable_bert, "prompt", epochs=2).fit(X, Y)
+    assert sum(rows) - probe == 2 * 2 * len(X)  # modes that change the encoder's input run it every step
+
+
+@pytest.mark.parametrize("mode", ["head", "prompt", "head+prompt", "full"])
+def test_each_mode_learns_a_separable_toy_task(trainable_bert, mode):
+    zero_shot = make(trainable_bert, mode, train_mode="none").fit()
+    assert (zero_shot.predict(X) == np.array(Y)).mean() < 1.0
+    clf = make(trainable_bert, mode).fit(X, Y)
+    assert (clf.predict(X) == np.array(Y)).mean() == 1.0
+    losses = [h["loss"] for h in clf.history_]
+    assert losses[-1] < losses[0] / 2
+
+
+def test_same_seed_same_predictions(trainable_bert):
+    a = make(trainable_bert, "head+prompt", epochs=5).fit(X, Y).decision_function(X)
+    b = make(trainable_bert, "head+prompt", epochs=5).fit(X, Y).decision_function(X)
+    c = make(trainable_bert, "head+prompt", epochs=5, random_state=3).fit(X, Y).decision_function(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_eval_set_keeps_best_epoch_and_callbacks_see_every_epoch(trainable_bert):
+    seen = []
+    clf = make(trainable_bert, "head", epochs=6, callbacks=[lambda c, log: seen.append(log["epoch"])])
+    clf.fit(X, Y, eval_set=(X, Y))
+    assert seen == [1, 2, 3, 4, 5, 6]
+    best = max(h["eval_accuracy"] for h in clf.history_)
+    assert (clf.predict(X) == np.array(Y)).mean() == best
+
+
+def test_labels_of_any_type(trainable_bert):
+    model, tokenizer = trainable_bert
+    clf = PromptClassifier(model, TEMPLATES["head"], {0: WORDS["neg"], 1: WORDS["pos"]}, tokenizer=tokenizer,
+                           train_mode="head", epochs=80, train_batch_size=4, learning_rate=1e-2, progress=False)
+    clf.fit(X, [int(y == "pos") for y in Y])
+    assert clf.predict(X).tolist() == [1] * 4 + [0] * 4
+
+
+def test_auxiliary_mlm_loss(trainable_bert):
+    plain = make(trainable_bert, "full", epochs=2).fit(X, Y).decision_function(X)
+    aux = make(trainable_bert, "full", epochs=2, mlm_loss_weight=0.5).fit(X, Y, unlabeled=X[:3] + ["the price was cheap"])
+    assert not np.allclose(aux.decision_function(X), plain)
+    with pytest.raises(ValueError, match="no unlabeled texts"):
+        make(trainable_bert, "full", mlm_loss_weight=0.5).fit(X, Y)
+
+
+def test_prompt_mode_needs_soft_tokens(trainable_bert):
+    model, tokenizer = trainable_bert
+    with pytest.raises(ValueError, match="train_mode='prompt' trains soft prompt tokens, but template"):
+        PromptClassifier(model, "{text} [MASK].", WORDS, tokenizer=tokenizer, train_mode="prompt").fit(X, Y)
