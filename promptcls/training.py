@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,28 @@ def trainable_parameters(model: PromptModel, mode: str) -> tuple[dict[str, torch
     if mode == "full":
         return {f"mlm.{n}": p for n, p in model.mlm.named_parameters()}, prompt
     raise ValueError(f"train_mode={mode!r} does not train")
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size). Under ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1) joins the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _all_reduce_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Sum the gradients of every process (each loss is already scaled by its share of the batch)."""
+    import torch.distributed as dist
+
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
 def _seed_everything(seed: int) -> None:
@@ -212,9 +235,13 @@ def train(
     else:
         model.train()
 
+    rank, world = _distributed()
+    masking = torch.Generator().manual_seed(clf.random_state + 7919 * (rank + 1))  # per process: MLM masks
+    if world > 1 and rank == 0:
+        logger.info("data-parallel training on %d processes", world)
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, torch.Tensor]] | None = None
-    show = clf.progress
+    show = clf.progress if rank == 0 else False
     step = 0
     callbacks: list[Callable[..., Any]] = list(clf.callbacks or [])
     with tqdm(total=total_steps, desc=f"training ({mode})", unit="step", disable=None if show is None else not show) as bar:
@@ -223,22 +250,31 @@ def train(
             losses = []
             optimizer.zero_grad(set_to_none=True)
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            for b, idx in enumerate(batches):
-                autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-                with autocast:
-                    if cache is not None:
-                        scores = cache.class_scores(model, idx.to(model.device))
-                    else:
-                        scores = model.class_scores([encoded[i] for i in idx.tolist()])
-                    loss = torch.nn.functional.cross_entropy(scores.float(), labels[idx.to(labels.device)])
-                    if alpha is not None:
-                        pick = torch.randint(len(unlabeled_encoded), (len(idx),), generator=generator).tolist()
-                        loss = alpha * loss + (1 - alpha) * _mlm_loss(model, [unlabeled_encoded[i] for i in pick], generator)
-                losses.append(loss.item())
-                loss = loss / accumulation
-                (scaler.scale(loss) if scaler else loss).backward()
+            for b, batch_idx in enumerate(batches):
+                # every process draws the same batch and takes its shard; losses are scaled by the shard's
+                # share, so summed gradients equal the whole batch's
+                idx = batch_idx.tensor_split(world)[rank]
+                share = len(idx) / len(batch_idx)
+                pick = torch.randint(len(unlabeled_encoded), (len(batch_idx),), generator=generator) if alpha else None
+                if len(idx):
+                    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                    with autocast:
+                        if cache is not None:
+                            scores = cache.class_scores(model, idx.to(model.device))
+                        else:
+                            scores = model.class_scores([encoded[i] for i in idx.tolist()])
+                        loss = torch.nn.functional.cross_entropy(scores.float(), labels[idx.to(labels.device)])
+                        if alpha is not None:
+                            mine = pick.tensor_split(world)[rank].tolist()
+                            mlm = _mlm_loss(model, [unlabeled_encoded[i] for i in mine], masking)
+                            loss = alpha * loss + (1 - alpha) * mlm
+                    losses.append(loss.item())
+                    loss = loss * share / accumulation
+                    (scaler.scale(loss) if scaler else loss).backward()
                 if (b + 1) % accumulation and b + 1 != len(batches):
                     continue
+                if world > 1:
+                    _all_reduce_gradients(list(trained.values()))
                 if scaler:
                     scaler.unscale_(optimizer)
                 if clf.max_grad_norm:

@@ -1,0 +1,52 @@
+"""Data-parallel training under ``accelerate launch``: two CPU processes train what one process trains.
+
+accelerate's ``--multi_gpu`` launcher is torch's distributed launcher; without CUDA promptcls joins
+the process group with the gloo backend, so the test runs on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    import conftest
+    from promptcls import PromptClassifier
+    from test_training import TEMPLATES, WORDS, X, Y
+
+    tokenizer = conftest.make_wordpiece_tokenizer(__import__("pathlib").Path({tmp!r}))
+    model = conftest._trainable_bert.__wrapped__({{"wordpiece": tokenizer}})[0]
+    clf = PromptClassifier(model, TEMPLATES["head+prompt"], WORDS, tokenizer=tokenizer, train_mode="head+prompt",
+                           epochs=3, train_batch_size=4, learning_rate=1e-2, prompt_learning_rate=1e-1,
+                           progress=False).fit(X, Y)
+    rank = int(os.environ.get("RANK", "0"))
+    np.save(os.path.join({tmp!r}, f"scores-{{os.environ.get('WORLD_SIZE', '1')}}-{{rank}}.npy"), clf.decision_function(X))
+    """
+)
+
+
+def test_two_processes_train_like_one(tmp_path):
+    tests = str(Path(__file__).parent)
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(tests=tests, tmp=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests}
+    subprocess.run([sys.executable, str(script)], check=True, env=env, timeout=300)
+    accelerate = shutil.which("accelerate") or "accelerate"
+    subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", str(script)],
+        check=True, env=env, timeout=600, capture_output=True,
+    )
+    single = np.load(tmp_path / "scores-1-0.npy")
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"scores-2-{rank}.npy"), single, atol=1e-4)
