@@ -29,7 +29,8 @@ def to_rows(X: Any, fields: Sequence[str], columns: Mapping[str, str] | None = N
             if column not in table:
                 raise ValueError(
                     f"column {column!r} for template field {field!r} is missing; the data has columns "
-                    f"{list(table)}: rename a column or pass columns={{{field!r}: '<column>'}}"
+                    f"{list(table)}: rename a column or map it (columns={{{field!r}: '<column>'}}, or --column {field}=COLUMN "
+                    "on the command line)"
                 )
         n = len(next(iter(table.values()))) if table else 0
         rows = [{f: table[c][i] for f, c in source.items()} for i in range(n)]

@@ -1,0 +1,1 @@
+"""Template catalogue: one JSON file per task (installed as promptcls.templates)."""

@@ -1,0 +1,132 @@
+"""The command line, run as users run it: in a subprocess, on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from promptcls import PromptClassifier
+
+REVIEWS = pd.DataFrame(
+    {
+        "review": ["the food was nice", "i hate this place", "fun film", "boring film", "the staff are nice", "awful"],
+        "label": [1, 0, 1, 0, 1, 0],
+    }
+)
+VERBALIZER = '{"0": ["bad", "terrible"], "1": ["good", "great"]}'
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, _trainable_bert):
+    root = tmp_path_factory.mktemp("cli")
+    model, tokenizer = _trainable_bert
+    model.save_pretrained(root / "tiny")
+    tokenizer.save_pretrained(root / "tiny")
+    REVIEWS.to_csv(root / "reviews.csv", index=False)
+    REVIEWS.to_csv(root / "reviews.tsv", sep="\t", index=False)
+    REVIEWS.to_json(root / "reviews.jsonl", orient="records", lines=True)
+    REVIEWS.to_parquet(root / "reviews.parquet")
+    return root
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "promptcls", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def zero_shot(workdir, *extra):
+    return ("predict", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+            "--column", "text=review", "--quiet", *extra)
+
+
+def test_predict_matches_the_python_api(workdir):
+    result = run(*zero_shot(workdir, "--input", workdir / "reviews.csv", "--output", workdir / "out.csv"))
+    assert result.returncode == 0, result.stderr
+    out = pd.read_csv(workdir / "out.csv")
+    assert list(out.columns) == ["prediction", "prob_0", "prob_1"]
+    clf = PromptClassifier(str(workdir / "tiny"), "{text} It was [MASK].", json.loads(VERBALIZER), columns={"text": "review"})
+    proba = clf.fit().predict_proba(REVIEWS)
+    np.testing.assert_allclose(out[["prob_0", "prob_1"]].to_numpy(), proba, atol=1e-6)
+    assert out.prediction.astype(str).tolist() == [str(c) for c in clf.classes_[proba.argmax(1)]]
+
+
+@pytest.mark.parametrize("suffix", ["tsv", "jsonl", "parquet"])
+def test_input_formats_and_jsonl_output(workdir, suffix):
+    result = run(*zero_shot(workdir, "--input", workdir / f"reviews.{suffix}", "--output", workdir / f"out-{suffix}.jsonl",
+                            "--keep-columns"))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (workdir / f"out-{suffix}.jsonl").read_text().splitlines()]
+    assert len(rows) == len(REVIEWS) and rows[0]["review"] == "the food was nice"
+    assert abs(rows[0]["prob_0"] + rows[0]["prob_1"] - 1) < 1e-5
+
+
+def test_train_evaluate_and_predict_from_the_saved_model(workdir):
+    saved = workdir / "saved"
+    result = run("train", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+                 "--input", workdir / "reviews.csv", "--column", "text=review", "--mode", "head", "--epochs", "60",
+                 "--learning-rate", "0.01", "--train-batch-size", "2", "--output-dir", saved, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in saved.iterdir()) == ["promptcls_config.json", "trained.safetensors"]
+
+    result = run("evaluate", "--saved", saved, "--input", workdir / "reviews.csv", "--column", "text=review",
+                 "--json", workdir / "report.json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["accuracy"] == 1.0 and report["confusion_matrix"] == [[3, 0], [0, 3]]
+    assert report["macro_f1"] == 1.0 and report["mcc"] == 1.0
+    assert "accuracy  1.0000" in result.stdout and "confusion matrix" in result.stdout
+
+    result = run("predict", "--saved", saved, "--input", workdir / "reviews.csv", "--column", "text=review", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(__import__("io").StringIO(result.stdout)).prediction.tolist() == REVIEWS.label.tolist()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--input", "reviews.csv"), "column 'text' for template field 'text' is missing"),
+        (("--input", "missing.csv"), "input file 'missing.csv' does not exist"),
+        (("--input", "reviews.txt"), "unknown input format 'txt'"),
+        (("--input", "garbage.parquet"), "cannot read 'garbage.parquet' as parquet"),
+    ],
+)
+def test_bad_input_exits_with_one_line(workdir, args, message):
+    (workdir / "reviews.txt").write_text("hello")
+    (workdir / "garbage.parquet").write_text("not parquet")
+    base = ["predict", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+            "--quiet"]
+    result = run(*base, *args, cwd=workdir)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--task", "nosuchtask"), "unknown task 'nosuchtask'; the catalogue has: "),
+        (("--template", "{text} It was [MASKS].", "--verbalizer", VERBALIZER), "position 14: unknown slot '[MASKS]'"),
+        (("--template", "{text} [MASK]", "--verbalizer", '{"0": ["good"], "1": ["good"]}'), "'good' appears in classes"),
+        (("--template", "{text} [MASK]", "--verbalizer", "@nope.json"), "verbalizer file 'nope.json' does not exist"),
+    ],
+)
+def test_bad_prompts_exit_with_one_line(workdir, args, message):
+    result = run("predict", "--model", workdir / "tiny", "--input", "reviews.csv", "--column", "text=review", "--quiet",
+                 *args, cwd=workdir)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_catalogue_lists_and_shows(workdir):
+    listing = run("catalogue")
+    assert listing.returncode == 0 and "sst2" in listing.stdout
+    shown = run("catalogue", "sst2")
+    assert shown.returncode == 0 and "{text} It was [MASK] ." in shown.stdout and "LM-BFF" in shown.stdout
+    as_json = json.loads(run("catalogue", "sst2", "--json").stdout)
+    assert as_json["verbalizers"]["labels"] == [0, 1]

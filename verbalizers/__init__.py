@@ -1,0 +1,1 @@
+"""Verbalizer catalogue: one JSON file per task (installed as promptcls.verbalizers)."""
