@@ -1,4 +1,4 @@
-"""The command line: ``promptcls predict | train | evaluate | catalogue``.
+"""The command line: ``promptcls predict | train | evaluate | search-words | catalogue``.
 
 Bad input (a missing column, an unknown task, a bad template, an unreadable file) ends with a
 one-line reason on stderr and a non-zero exit, never a traceback.
@@ -252,6 +252,24 @@ def cmd_evaluate(args) -> None:
     print(format_report(report))
 
 
+def cmd_search_words(args) -> None:
+    from .search import search_label_words
+
+    frame = read_table(args.input, args.input_format)
+    if args.label_column not in frame.columns:
+        raise CLIError(f"label column {args.label_column!r} is missing; the file has columns {list(frame.columns)}")
+    verbalizer = search_label_words(
+        _model(args), _template(args), frame.drop(columns=[args.label_column]), frame[args.label_column].tolist(),
+        k=args.k, columns=_columns(args), batch_size=args.batch_size, device=args.device, max_length=args.max_length,
+    )
+    text = json.dumps(verbalizer.to_dict(), indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote label words to {args.output} (use it with --verbalizer @{args.output})", file=sys.stderr)
+    else:
+        print(text)
+
+
 def cmd_catalogue(args) -> None:
     from .catalogue import list_tasks, task_entry
 
@@ -342,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_options(p, labels=True)
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search-words", help="find label words automatically from labelled examples")
+    _add_prompt_options(p)
+    _add_model_options(p, saved=False)
+    _add_io_options(p, labels=True)
+    p.add_argument("--k", type=int, default=3, help="words per class")
+    p.add_argument("--output", help="write the verbalizer JSON here (default: stdout)")
+    p.set_defaults(func=cmd_search_words)
 
     p = sub.add_parser("catalogue", help="list the catalogue's tasks, or show one")
     p.add_argument("task", nargs="?")

@@ -74,7 +74,7 @@ class PromptModel(nn.Module):
         mlm: nn.Module,
         tokenizer: Any,
         template: Template,
-        verbalizer: Verbalizer,
+        verbalizer: Verbalizer | None,
         max_length: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -82,11 +82,13 @@ class PromptModel(nn.Module):
         self.mlm = mlm
         self.tokenizer = tokenizer
         self.template = template
-        self.label_words = LabelWords.build(verbalizer, tokenizer)
+        # without a verbalizer (label-word search) the answer slot is one mask wide
+        self.label_words = LabelWords.build(verbalizer, tokenizer) if verbalizer is not None else None
         self.soft_prompt = self._build_soft_prompt(seed) if template.has_soft_tokens else None
         soft_counts = tuple(self._soft_counts())
         max_length = max_length or default_max_length(mlm, tokenizer)
-        self.encoding = PromptEncoding(template, tokenizer, max_length, self.label_words.max_tokens, soft_counts)
+        n_mask = self.label_words.max_tokens if self.label_words is not None else 1
+        self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts)
         self.split_head = self._probe_split()
         if not self.split_head:
             logger.warning(
@@ -192,14 +194,14 @@ class PromptModel(nn.Module):
             return self.mlm(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits
 
     # ------------------------------------------------------------------ scores
+    def batch(self, encoded: Sequence[Encoded], n_mask: int) -> dict[str, torch.Tensor]:
+        """A padded batch on the model's device, each prompt with an ``n_mask``-token answer slot."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return {k: v.to(self.device) for k, v in collate([e.with_masks(n_mask) for e in encoded], pad).items()}
+
     def group_batches(self, encoded: Sequence[Encoded]) -> dict[int, dict[str, torch.Tensor]]:
         """One padded batch per label-word length n, each prompt with an n-token answer slot."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        device = self.device
-        return {
-            n: {k: v.to(device) for k, v in collate([e.with_masks(n) for e in encoded], pad).items()}
-            for n in self.label_words.groups
-        }
+        return {n: self.batch(encoded, n) for n in self.label_words.groups}
 
     def word_scores_from_logits(self, n: int, logits: torch.Tensor) -> torch.Tensor:
         """(B, n, V) logits at an n-token slot -> (B, W_n) scores of the n-token words (summed log-probs)."""

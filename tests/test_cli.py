@@ -123,6 +123,19 @@ def test_bad_prompts_exit_with_one_line(workdir, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_search_words_writes_a_usable_verbalizer(workdir):
+    out = workdir / "words.json"
+    result = run("search-words", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--input",
+                 workdir / "reviews.csv", "--column", "text=review", "--k", "2", "--output", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(out.read_text())
+    assert [c["label"] for c in found["classes"]] == [0, 1] and all(len(c["words"]) == 2 for c in found["classes"])
+    result = run(
+        "predict", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", f"@{out}",
+        "--input", workdir / "reviews.csv", "--column", "text=review", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
 def test_catalogue_lists_and_shows(workdir):
     listing = run("catalogue")
     assert listing.returncode == 0 and "sst2" in listing.stdout
