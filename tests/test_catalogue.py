@@ -1,0 +1,128 @@
+"""The task catalogue: every templates/<task>.json and verbalizers/<task>.json, found the way the loader finds them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from promptcls import catalogue
+from promptcls.catalogue import list_tasks, load_template, load_verbalizer, task_entry
+from promptcls.template import Mask, Template
+from promptcls.verbalizer import Verbalizer
+
+TEMPLATE_FILES = catalogue._files("templates")
+VERBALIZER_FILES = catalogue._files("verbalizers")
+TASKS = list_tasks()
+
+
+def _template_file(task: str) -> dict:
+    return json.loads(TEMPLATE_FILES[task])
+
+
+def _verbalizer_file(task: str) -> dict:
+    return json.loads(VERBALIZER_FILES[task])
+
+
+def _template_variants() -> list[tuple[str, str]]:
+    return [(t, v) for t in TASKS for v in _template_file(t)["templates"]]
+
+
+def _verbalizer_variants() -> list[tuple[str, str]]:
+    return [(t, v) for t in TASKS for v in _verbalizer_file(t)["verbalizers"]]
+
+
+def _key(task: str) -> str:
+    return task.lower().replace("-", "").replace("_", "")
+
+
+def test_at_least_twenty_tasks():
+    assert len(TASKS) >= 20, TASKS
+
+
+def test_every_task_has_both_files():
+    assert set(TEMPLATE_FILES) == set(VERBALIZER_FILES)
+    assert sorted(TEMPLATE_FILES) == TASKS
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_file_names_are_reachable_and_match_their_task(task):
+    # load_template normalises the name it is given; a file whose name is not normalised could never be loaded
+    assert _key(task) == task
+    assert _template_file(task)["task"] == task
+    assert _verbalizer_file(task)["task"] == task
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_defaults_exist(task):
+    tf, vf = _template_file(task), _verbalizer_file(task)
+    assert tf["default"] in tf["templates"]
+    assert vf["default"] in vf["verbalizers"]
+    assert load_template(task) == load_template(task, tf["default"])
+    assert load_verbalizer(task) == load_verbalizer(task, vf["default"])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_fields_and_labels_are_declared(task):
+    fields = _template_file(task)["fields"]
+    assert isinstance(fields, list) and fields and len(set(fields)) == len(fields)
+    labels = _verbalizer_file(task)["labels"]
+    assert isinstance(labels, list) and len(labels) >= 2
+    assert len({json.dumps(label) for label in labels}) == len(labels)
+
+
+@pytest.mark.parametrize(("task", "variant"), _template_variants())
+def test_template_variant(task, variant):
+    tf = _template_file(task)
+    data = tf["templates"][variant]
+    assert isinstance(data.get("source"), str) and data["source"].strip()
+    t = load_template(task, variant)
+    assert t == Template(data["template"], prompt_encoder=data.get("prompt_encoder", "none"))
+    assert sum(isinstance(p, Mask) for seg in t.segments for p in seg) == 1
+    assert set(t.fields) == set(tf["fields"])
+    assert Template.from_dict(t.to_dict()) == t
+    assert Template.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    rendered = t.render({f: f"<{f}>" for f in t.fields}, mask_token="<mask>")
+    assert sum(r.text.count("<mask>") for r in rendered) == 1
+    # a segment that ends in a space before [SEP] would give byte-level BPE a stray space token
+    if t.is_pair:
+        assert rendered[0].text == rendered[0].text.rstrip()
+
+
+@pytest.mark.parametrize(("task", "variant"), _verbalizer_variants())
+def test_verbalizer_variant(task, variant):
+    vf = _verbalizer_file(task)
+    data = vf["verbalizers"][variant]
+    assert isinstance(data.get("source"), str) and data["source"].strip()
+    # compared as JSON so that true/false are not taken for 1/0
+    assert json.dumps([c["label"] for c in data["classes"]]) == json.dumps(vf["labels"])
+    v = load_verbalizer(task, variant)
+    assert json.dumps(list(v.classes)) == json.dumps(vf["labels"])
+    assert all(v.words[c["label"]] == tuple(c["words"]) for c in data["classes"])
+    assert Verbalizer.from_dict(v.to_dict()) == v
+    assert Verbalizer.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+
+
+@pytest.mark.parametrize("name", ["sst-2", "SST-2", "sst_2", "SST2"])
+def test_names_are_normalised(name):
+    assert load_template(name) == load_template("sst2")
+    assert load_verbalizer(name) == load_verbalizer("sst2")
+    assert task_entry(name) == task_entry("sst2")
+
+
+def test_normalised_multi_word_names():
+    assert load_template("yelp_full") == load_template("yelp-full") == load_template("yelpfull")
+
+
+def test_unknown_task_suggests_a_close_name():
+    with pytest.raises(ValueError, match="unknown task 'mnlii'.*did you mean 'mnli'"):
+        load_template("mnlii")
+    with pytest.raises(ValueError, match="unknown task"):
+        load_verbalizer("no-such-task-at-all")
+
+
+def test_unknown_variant_lists_the_variants():
+    with pytest.raises(ValueError, match="its variants are: .*lmbff"):
+        load_template("sst2", "no-such-variant")
+    with pytest.raises(ValueError, match="its variants are: .*lmbff"):
+        load_verbalizer("sst2", "no-such-variant")
