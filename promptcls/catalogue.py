@@ -6,7 +6,7 @@ for a task, each citing its source. Adding a task adds two files, not code.
 
     >>> from promptcls.catalogue import load_template, load_verbalizer
     >>> load_template("sst2")
-    Template('{text} It was [MASK] .')
+    Template('{text} It was [MASK].')
     >>> load_verbalizer("sst2").words[1]
     ('great',)
 """

@@ -155,8 +155,17 @@ def _parse(source: str) -> list[list[Part]]:
     return segments
 
 
-def _unparse_text(text: str) -> str:
-    return re.sub(r"([\\{}\[\]])", r"\\\1", text)
+def _strip_edge(parts: list[Part], end: bool) -> list[Part]:
+    """Drop whitespace at the end (or start) of a segment's literal text."""
+    parts = list(parts)
+    i = -1 if end else 0
+    if parts and isinstance(parts[i], Text):
+        text = parts[i].text.rstrip() if end else parts[i].text.lstrip()
+        if text:
+            parts[i] = Text(text)
+        else:
+            parts.pop(i)
+    return parts
 
 
 class Template:
@@ -202,6 +211,8 @@ class Template:
                 f"prompt_encoder={self.prompt_encoder.value!r} re-parameterises soft tokens, but {template!r} has "
                 "none: add [SOFT] slots or use prompt_encoder='none'"
             )
+        if len(segments) == 2:  # spaces at the segment boundary would become stray tokens for BPE tokenizers
+            segments = [_strip_edge(segments[0], end=True), _strip_edge(segments[1], end=False)]
         self.segments: tuple[tuple[Part, ...], ...] = tuple(tuple(s) for s in segments)
         self.fields: tuple[str, ...] = tuple(dict.fromkeys(fields))
 

@@ -140,6 +140,6 @@ def test_catalogue_lists_and_shows(workdir):
     listing = run("catalogue")
     assert listing.returncode == 0 and "sst2" in listing.stdout
     shown = run("catalogue", "sst2")
-    assert shown.returncode == 0 and "{text} It was [MASK] ." in shown.stdout and "LM-BFF" in shown.stdout
+    assert shown.returncode == 0 and "{text} It was [MASK]." in shown.stdout and "LM-BFF" in shown.stdout
     as_json = json.loads(run("catalogue", "sst2", "--json").stdout)
     assert as_json["verbalizers"]["labels"] == [0, 1]

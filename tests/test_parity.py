@@ -50,7 +50,7 @@ def test_pair_parity(family):
     label_words = {"no": ["no", "terrible"], "yes": ["yes"], "maybe": ["maybe", "fantastic"]}
     clf = PromptClassifier(model, "{premise} ? [MASK] , {hypothesis}", label_words, tokenizer=tokenizer).fit()
     got = clf.decision_function(PAIRS)
-    renders = [lambda m, a=a, b=b: (f"{a} ? {m} , ", b) for a, b in PAIRS]
+    renders = [lambda m, a=a, b=b: (f"{a} ? {m} ,", b) for a, b in PAIRS]
     want = reference_scores(model, tokenizer, renders, label_words)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 

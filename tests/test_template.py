@@ -25,7 +25,7 @@ def test_pair_splits_at_second_field():
     assert t.is_pair
     assert t.segments[1] == (Field("hypothesis"),)
     rendered = t.render({"premise": "A", "hypothesis": "B"}, mask_token="<mask>")
-    assert [r.text for r in rendered] == ["A ? <mask> , ", "B"]
+    assert [r.text for r in rendered] == ["A ? <mask> ,", "B"]  # no space left at the boundary
 
 
 def test_explicit_sep():
