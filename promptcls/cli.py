@@ -1,4 +1,4 @@
-"""The command line: ``promptcls predict | train | evaluate | search-words | catalogue``.
+"""The command line: ``promptcls predict | train | evaluate | pet | search-words | catalogue``.
 
 Bad input (a missing column, an unknown task, a bad template, an unreadable file) ends with a
 one-line reason on stderr and a non-zero exit, never a traceback.
@@ -139,6 +139,8 @@ def _classifier(args, train_mode: str = "none", **extra: Any):
 
     if getattr(args, "saved", None):
         overrides = {k: v for k, v in _settings(args).items() if k != "max_length"}
+        if _columns(args):
+            overrides["columns"] = _columns(args)
         model = args.model or None
         return PromptClassifier.from_pretrained(args.saved, model=model, **overrides)
     return PromptClassifier(
@@ -252,6 +254,50 @@ def cmd_evaluate(args) -> None:
     print(format_report(report))
 
 
+def _patterns(args) -> list[tuple[Any, Any]]:
+    """PET patterns from --pattern (JSON or @file: a dict or a list of {"template", "verbalizer"}) or --task/--variants."""
+    from .catalogue import load_template, load_verbalizer, task_entry
+
+    patterns: list[tuple[Any, Any]] = []
+    for item in args.pattern or []:
+        value = _json_or_file(item, "pattern")
+        for p in value if isinstance(value, list) else [value]:
+            if not isinstance(p, dict) or "template" not in p or "verbalizer" not in p:
+                raise CLIError(f"a --pattern is JSON {{\"template\": ..., \"verbalizer\": {{...}}}}, got {str(p)[:80]!r}")
+            patterns.append((p["template"], p["verbalizer"]))
+    if args.task:
+        entry = task_entry(args.task)
+        variants = args.variants or list(entry["templates"]["templates"])
+        verbalizers = entry["verbalizers"]["verbalizers"]
+        for name in variants:
+            # a template variant uses the verbalizer variant of the same name where there is one
+            words = name if name in verbalizers else args.verbalizer_variant
+            patterns.append((load_template(args.task, name), load_verbalizer(args.task, words)))
+    if len(patterns) < 2:
+        raise CLIError("PET needs at least two patterns: --task NAME [--variants A B ...] or --pattern JSON (repeated)")
+    return patterns
+
+
+def cmd_pet(args) -> None:
+    from .pet import PETClassifier
+
+    frame = read_table(args.input, args.input_format)
+    unlabeled = read_table(args.unlabeled, args.input_format)
+    patterns = _patterns(args)
+    classes = list(__import__("promptcls").Verbalizer.coerce(patterns[0][1]).classes)
+    y = _labels(frame, args.label_column, classes)
+    params = {"train_mode": args.mode, "epochs": args.epochs, "random_state": args.seed, **_settings(args)}
+    if args.learning_rate is not None:
+        params["learning_rate"] = args.learning_rate
+    pet = PETClassifier(
+        _model(args), patterns, classifier_params=params, generations=args.generations, temperature=args.temperature,
+        ensemble=args.ensemble, columns=_columns(args), random_state=args.seed,
+    ).fit(frame.drop(columns=[args.label_column]), y, unlabeled=unlabeled)
+    pet.final_.save_pretrained(args.output_dir)
+    print(f"PET: {len(patterns)} patterns, {args.generations} iPET generations, distilled on {len(unlabeled)} texts; "
+          f"final model saved to {args.output_dir} (use it with --saved)", file=sys.stderr)
+
+
 def cmd_search_words(args) -> None:
     from .search import search_label_words
 
@@ -360,6 +406,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_options(p, labels=True)
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pet", help="PET / iPET: train several patterns, distil their ensemble into one model")
+    g = p.add_argument_group("patterns")
+    g.add_argument("--task", help="catalogue task whose template variants are the patterns")
+    g.add_argument("--variants", nargs="+", help="template variants of --task (default: all)")
+    g.add_argument("--verbalizer-variant", help="verbalizer for variants without a same-named one")
+    g.add_argument("--pattern", action="append", help='JSON {"template": ..., "verbalizer": {...}} or @file (a list)')
+    _add_model_options(p, saved=False)
+    _add_io_options(p, labels=True)
+    p.add_argument("--unlabeled", required=True, help="file of unlabeled texts (same columns, no label needed)")
+    p.add_argument("--mode", default="full", choices=["head", "prompt", "head+prompt", "full"])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--generations", type=int, default=0, help="iPET generations")
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--ensemble", default="weighted", choices=["weighted", "mean"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", required=True)
+    p.set_defaults(func=cmd_pet)
 
     p = sub.add_parser("search-words", help="find label words automatically from labelled examples")
     _add_prompt_options(p)

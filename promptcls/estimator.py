@@ -251,12 +251,21 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, X: Any = None, y: Any = None, *, eval_set: tuple[Any, Any] | None = None, unlabeled: Any = None
+        self,
+        X: Any = None,
+        y: Any = None,
+        *,
+        eval_set: tuple[Any, Any] | None = None,
+        unlabeled: Any = None,
+        soft_labels: Any = None,
+        temperature: float = 1.0,
     ) -> PromptClassifier:
         """Zero-shot (``train_mode="none"``): validate and fix ``classes_``; X and y may be omitted.
 
         Other modes train on ``(X, y)``: ``eval_set=(X_dev, y_dev)`` keeps the best epoch,
-        ``unlabeled`` texts feed PET's auxiliary MLM loss. See :mod:`promptcls.training`.
+        ``unlabeled`` texts feed PET's auxiliary MLM loss. ``soft_labels`` ((n, C) class
+        probabilities in the verbalizer's class order) replace ``y`` for distillation at
+        ``temperature``. See :mod:`promptcls.training`.
         """
         template, verbalizer = self._validate()
         mode = TrainMode(self.train_mode)
@@ -271,7 +280,7 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
                 )
             if X is not None and len(y) != len(_len_check(X)):
                 raise ValueError(f"X has {len(_len_check(X))} rows but y has {len(y)} labels")
-        if mode != TrainMode.NONE and (X is None or y is None):
+        if mode != TrainMode.NONE and (X is None or (y is None and soft_labels is None)):
             raise ValueError(f"train_mode={mode.value!r} trains on labelled data: call fit(X, y)")
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
         self.template_ = template
@@ -283,7 +292,9 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         if mode != TrainMode.NONE:
             from .training import train
 
-            self.history_ = train(self, X, y, eval_set=eval_set, unlabeled=unlabeled)
+            self.history_ = train(
+                self, X, y, eval_set=eval_set, unlabeled=unlabeled, soft_labels=soft_labels, temperature=temperature
+            )
         self.calibration_ = self._content_free_log_probs()
         return self
 

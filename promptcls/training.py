@@ -180,14 +180,28 @@ def _mlm_loss(model: PromptModel, encoded: Sequence[Encoded], generator: torch.G
     return torch.nn.functional.cross_entropy(logits[valid.to(device)].float(), gold[valid.to(device)])
 
 
+def _loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy on class indices, or PET's distillation loss on class distributions."""
+    if targets.ndim == 1:
+        return torch.nn.functional.cross_entropy(scores, targets)
+    log_q = (scores / temperature).log_softmax(-1)
+    return torch.nn.functional.kl_div(log_q, targets, reduction="batchmean") * temperature**2
+
+
 def train(
     clf: PromptClassifier,
     X: Any,
     y: Any,
     eval_set: tuple[Any, Any] | None = None,
     unlabeled: Any = None,
+    soft_labels: Any = None,
+    temperature: float = 1.0,
 ) -> list[dict[str, float]]:
-    """Train ``clf.model_`` in place per ``clf.train_mode``; returns the per-epoch log."""
+    """Train ``clf.model_`` in place per ``clf.train_mode``; returns the per-epoch log.
+
+    With ``soft_labels`` ((N, C) class distributions, as PET's ensemble gives) the loss is the
+    distillation loss ``T^2 * KL(soft || softmax(scores / T))`` instead of cross-entropy on ``y``.
+    """
     model: PromptModel = clf.model_
     mode = str(clf.train_mode if isinstance(clf.train_mode, str) else clf.train_mode.value)
     _seed_everything(clf.random_state)
@@ -204,7 +218,16 @@ def train(
         p.requires_grad_(True)
 
     rows = to_rows(X, model.template.fields, clf.columns)
-    labels = _label_indices(list(y), clf.classes_.tolist()).to(model.device)
+    if soft_labels is not None:
+        targets = torch.as_tensor(np.asarray(soft_labels, dtype=np.float32)).to(model.device)
+        n_classes = len(clf.classes_)
+        if targets.ndim != 2 or targets.shape[1] != n_classes or (targets < 0).any():
+            raise ValueError(f"soft_labels must be an (n, {n_classes}) array of class probabilities")
+        targets = targets / targets.sum(1, keepdim=True)
+    else:
+        targets = _label_indices(list(y), clf.classes_.tolist()).to(model.device)
+    if len(rows) != len(targets):
+        raise ValueError(f"X has {len(rows)} rows but there are {len(targets)} labels")
     encoded = model.encode(rows)
     unlabeled_encoded = model.encode(to_rows(unlabeled, model.template.fields, clf.columns)) if unlabeled is not None else None
     alpha = clf.mlm_loss_weight
@@ -263,7 +286,7 @@ def train(
                             scores = cache.class_scores(model, idx.to(model.device))
                         else:
                             scores = model.class_scores([encoded[i] for i in idx.tolist()])
-                        loss = torch.nn.functional.cross_entropy(scores.float(), labels[idx.to(labels.device)])
+                        loss = _loss(scores.float(), targets[idx.to(targets.device)], temperature)
                         if alpha is not None:
                             mine = pick.tensor_split(world)[rank].tolist()
                             mlm = _mlm_loss(model, [unlabeled_encoded[i] for i in mine], masking)

@@ -136,6 +136,21 @@ def test_search_words_writes_a_usable_verbalizer(workdir):
     assert result.returncode == 0, result.stderr
 
 
+def test_pet_pipeline_from_the_command_line(workdir):
+    patterns = workdir / "patterns.json"
+    patterns.write_text(json.dumps([
+        {"template": "{text} It was [MASK].", "verbalizer": json.loads(VERBALIZER)},
+        {"template": "{text} All in all [MASK].", "verbalizer": {"0": ["poor"], "1": ["nice"]}},
+    ]))
+    result = run("pet", "--model", workdir / "tiny", "--pattern", f"@{patterns}", "--input", workdir / "reviews.csv",
+                 "--unlabeled", workdir / "reviews.csv", "--column", "text=review", "--mode", "head", "--epochs", "2",
+                 "--output-dir", workdir / "pet", "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = run("predict", "--saved", workdir / "pet", "--input", workdir / "reviews.csv", "--column", "text=review",
+                 "--quiet")
+    assert result.returncode == 0 and len(pd.read_csv(__import__("io").StringIO(result.stdout))) == len(REVIEWS)
+
+
 def test_catalogue_lists_and_shows(workdir):
     listing = run("catalogue")
     assert listing.returncode == 0 and "sst2" in listing.stdout
