@@ -126,3 +126,27 @@ def test_unknown_variant_lists_the_variants():
         load_template("sst2", "no-such-variant")
     with pytest.raises(ValueError, match="its variants are: .*lmbff"):
         load_verbalizer("sst2", "no-such-variant")
+
+
+def test_catalogue_ships_in_the_wheel(tmp_path):
+    """Build the wheel, unpack it away from the checkout, and load the catalogue from there."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("promptcls-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "promptcls/templates/sst2.json" in names and "promptcls/verbalizers/rte.json" in names
+    assert "promptcls/data/demo_reviews.csv" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "import promptcls, promptcls.catalogue as c; print(promptcls.__file__); print(len(c.list_tasks()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
+                         capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    assert out[0].startswith(str(site)) and int(out[1]) == len(list_tasks())
