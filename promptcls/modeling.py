@@ -96,6 +96,7 @@ class PromptModel(nn.Module):
                 "full-vocabulary logits at every position (correct, slower)",
                 type(mlm).__name__,
             )
+        self.label_vocab_only = self._probe_label_vocab()
 
     # ------------------------------------------------------------------ set-up
     def _soft_counts(self) -> list[int]:
@@ -145,6 +146,69 @@ class PromptModel(nn.Module):
             return False
         finally:
             self.mlm.train(was_training)
+
+    @torch.no_grad()
+    def _probe_label_vocab(self) -> bool:
+        """Can training use the label words' logits alone? (see ``relative_class_scores``)
+
+        Only when every label word is one token: then all words share one mask position and one
+        softmax normaliser, which no class score needs for training or argmax.
+        """
+        if self.label_words is None or list(self.label_words.groups) != [1] or not self.split_head:
+            return False
+        if not isinstance(self.mlm.get_output_embeddings(), nn.Linear):
+            return False
+        was_training = self.mlm.training
+        self.mlm.eval()
+        try:
+            vocab = self.mlm.get_input_embeddings().weight.shape[0]
+            tokens = torch.randint(min(5, vocab - 1), vocab, (2, 6), generator=torch.Generator().manual_seed(1))
+            tokens = tokens.to(self.device)
+            batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens),
+                     "mask_pos": torch.tensor([[2], [5]], device=self.device)}
+            rows = self.mask_hidden(batch)  # (2, 1, H)
+            ids = self._label_ids()
+            full = self.head_logits(rows)[..., ids]
+            with self._label_vocab():
+                restricted = self.head_logits(rows)
+            return bool(restricted.shape == full.shape and torch.allclose(restricted, full, atol=1e-4, rtol=1e-4))
+        except Exception as e:
+            logger.debug("label-vocabulary probe failed: %r", e)
+            return False
+        finally:
+            self.mlm.train(was_training)
+
+    def _label_ids(self) -> torch.Tensor:
+        return torch.tensor([ids[0] for ids in self.label_words.token_ids], device=self.device)
+
+    @contextlib.contextmanager
+    def _label_vocab(self) -> Iterator[None]:
+        """Within the block the output layer computes the label words' rows only: (..., W) logits."""
+        out = self.mlm.get_output_embeddings()
+        ids = self._label_ids()
+        out.forward = lambda x: nn.functional.linear(x, out.weight[ids], out.bias[ids] if out.bias is not None else None)
+        try:
+            yield
+        finally:
+            del out.forward
+
+    def relative_class_scores(self, encoded: Sequence[Encoded] | None = None, rows: torch.Tensor | None = None):
+        """(B, C) class scores up to a per-example constant, for training.
+
+        With single-token label words every class score is ``f(label-word logits) - log Z`` with one
+        normaliser ``log Z`` per example; cross-entropy over classes and the argmax do not depend on
+        it, nor do the gradients. So the head computes the W label-word rows of its output layer
+        instead of the whole vocabulary. Otherwise this is ``class_scores`` (or ``head_logits`` on
+        cached mask ``rows``).
+        """
+        if not self.label_vocab_only:
+            if rows is not None:
+                return self.class_scores_from_words({n: self.word_scores_from_logits(n, self.head_logits(r))
+                                                     for n, r in rows.items()})
+            return self.class_scores(encoded)
+        with self._label_vocab():
+            logits = self.head_logits(rows[1]) if rows is not None else self.mask_logits(self.batch(encoded, 1))
+        return self.label_words.aggregate(logits[:, 0].float())  # (B, W) logits -> (B, C)
 
     @property
     def device(self) -> torch.device:

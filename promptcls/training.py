@@ -142,8 +142,7 @@ class _HeadCache:
         self.rows = {n: torch.cat(p) for n, p in parts.items()}
 
     def class_scores(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
-        words = {n: model.word_scores_from_logits(n, model.head_logits(rows[idx])) for n, rows in self.rows.items()}
-        return model.class_scores_from_words(words)
+        return model.relative_class_scores(rows={n: rows[idx] for n, rows in self.rows.items()})
 
 
 def _mlm_loss(model: PromptModel, encoded: Sequence[Encoded], generator: torch.Generator) -> torch.Tensor:
@@ -285,7 +284,7 @@ def train(
                         if cache is not None:
                             scores = cache.class_scores(model, idx.to(model.device))
                         else:
-                            scores = model.class_scores([encoded[i] for i in idx.tolist()])
+                            scores = model.relative_class_scores([encoded[i] for i in idx.tolist()])
                         loss = _loss(scores.float(), targets[idx.to(targets.device)], temperature)
                         if alpha is not None:
                             mine = pick.tensor_split(world)[rank].tolist()

@@ -138,3 +138,48 @@ def test_prompt_mode_needs_soft_tokens(trainable_bert):
     model, tokenizer = trainable_bert
     with pytest.raises(ValueError, match="train_mode='prompt' trains soft prompt tokens, but template"):
         PromptClassifier(model, "{text} [MASK].", WORDS, tokenizer=tokenizer, train_mode="prompt").fit(X, Y)
+
+
+SINGLE = {"neg": ["bad", "awful"], "pos": ["good", "great"]}
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max", "logsumexp"])
+def test_label_vocabulary_scores_differ_from_exact_by_a_constant(family, aggregation):
+    from promptcls import Verbalizer
+
+    name, model, tokenizer = family
+    clf = PromptClassifier(model, "{text} It was [MASK].", Verbalizer(SINGLE, aggregation), tokenizer=tokenizer).fit()
+    pm = clf.model_
+    assert pm.label_vocab_only, name
+    encoded = pm.encode([{"text": t} for t in X])
+    with torch.no_grad():
+        exact = pm.class_scores(encoded)
+        relative = pm.relative_class_scores(encoded)
+    shift = exact - relative  # log Z per example, the same for every class
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift), atol=1e-4, rtol=0)
+
+
+def test_label_vocabulary_training_equals_full_vocabulary_training(trainable_bert, monkeypatch):
+    def fit(restricted: bool):
+        if not restricted:
+            monkeypatch.setattr("promptcls.modeling.PromptModel._probe_label_vocab", lambda self: False)
+        model, tokenizer = trainable_bert
+        clf = PromptClassifier(model, "[SOFT*2] {text} It was [MASK].", SINGLE, tokenizer=tokenizer,
+                               train_mode="head+prompt", epochs=3, train_batch_size=4, progress=False).fit(X, Y)
+        assert clf.model_.label_vocab_only == restricted
+        return {n: p.detach().clone() for n, p in clf.model_.named_parameters()}
+
+    fast, slow = fit(True), fit(False)
+    bias = "mlm.cls.predictions.bias"
+    label_ids = [trainable_bert[1].convert_tokens_to_ids(w) for ws in SINGLE.values() for w in ws]
+    others = torch.ones(len(fast[bias]), dtype=torch.bool)
+    others[label_ids] = False
+    for name in fast:
+        if name != bias:
+            torch.testing.assert_close(fast[name], slow[name], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(fast[bias][label_ids], slow[bias][label_ids], atol=2e-5, rtol=1e-4)
+    # the loss does not depend on other words' biases: their gradient is exactly zero here, while the
+    # full-vocabulary path gives them rounding noise that Adam's normalisation turns into small updates
+    initial = dict(trainable_bert[0].named_parameters())["cls.predictions.bias"]
+    assert torch.equal(fast[bias][others], initial[others])
+    assert (slow[bias][others] - initial[others]).abs().max() < 1e-3
