@@ -90,7 +90,17 @@ def load_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]
     )
 
 
-class PromptClassifier(ClassifierMixin, BaseEstimator):
+class TextInputMixin:
+    """sklearn tags for estimators whose X is text (strings, pairs, dicts, DataFrames), not a 2-D array."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
+
+
+class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     """Prompt-based classifier on a masked LM (PET-style): template + verbalizer -> class scores.
 
     Zero-shot needs no labels::
@@ -209,13 +219,6 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         self.callbacks = callbacks
 
     # ------------------------------------------------------------------ sklearn plumbing
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        tags.requires_fit = True
-        return tags
-
     def _validate(self) -> tuple[Template, Verbalizer]:
         if self.model is None:
             raise ValueError("model is required: a hub id, a local path or a loaded masked LM")

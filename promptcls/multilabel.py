@@ -20,14 +20,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import f1_score, hamming_loss
 from sklearn.utils.validation import check_is_fitted
 
-from .estimator import PromptClassifier
+from .estimator import PromptClassifier, TextInputMixin
 from .inputs import to_rows
 from .template import Template
 
 __all__ = ["MultiLabelPromptClassifier", "multilabel_report"]
 
 
-class MultiLabelPromptClassifier(ClassifierMixin, BaseEstimator):
+class MultiLabelPromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     """Multi-label prompt classifier: ``predict`` returns an (n, L) 0/1 indicator matrix.
 
     Example:
@@ -79,8 +79,6 @@ class MultiLabelPromptClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
         tags.target_tags.multi_output = True
         return tags
 

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .estimator import PromptClassifier
+from .estimator import PromptClassifier, TextInputMixin
 from .inputs import to_rows
 from .template import Template
 from .verbalizer import Verbalizer
@@ -32,7 +32,7 @@ from .verbalizer import Verbalizer
 __all__ = ["PETClassifier"]
 
 
-class PETClassifier(ClassifierMixin, BaseEstimator):
+class PETClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     """PET / iPET: an ensemble of prompt classifiers distilled into one.
 
     Example:
@@ -91,12 +91,6 @@ class PETClassifier(ClassifierMixin, BaseEstimator):
         self.final_params = final_params
         self.columns = columns
         self.random_state = random_state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.string = True
-        return tags
 
     def _validate(self) -> list[tuple[Template, Verbalizer]]:
         if not self.patterns:
