@@ -64,14 +64,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def load_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
-    """A masked LM and its tokenizer from a hub id, a local path, a loaded model, or a (model, tokenizer) pair."""
+def load_model(model: Any, tokenizer: Any = None, missing: list[str] | None = None) -> tuple[torch.nn.Module, Any]:
+    """A masked LM and its tokenizer from a hub id, a local path, a loaded model, or a (model, tokenizer) pair.
+
+    Names of parameters the checkpoint lacks (freshly initialised, e.g. the MLM head of an encoder saved
+    without one) are appended to ``missing``.
+    """
     from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 
     if isinstance(model, tuple) and len(model) == 2:
         model, tokenizer = model
     if isinstance(model, str):
-        mlm = AutoModelForMaskedLM.from_pretrained(model)
+        mlm, info = AutoModelForMaskedLM.from_pretrained(model, output_loading_info=True)
+        names = dict(mlm.named_parameters())
+        absent = [k for k in info.get("missing_keys", ()) if k in names]
+        if absent:
+            logger.warning(
+                "%s has no weights for %d parameters (%s, ...): they are initialised randomly, seeded by random_state, "
+                "and saved with the classifier; zero-shot scores from an untrained head are not meaningful",
+                model, len(absent), absent[0],
+            )
+        if missing is not None:
+            missing.extend(absent)
         tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
         return mlm, tokenizer
     if isinstance(model, PreTrainedModel):
@@ -243,12 +257,14 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)
 
     def _build(self, template: Template, verbalizer: Verbalizer, *, copy_model: bool) -> PromptModel:
-        mlm, tokenizer = load_model(self.model, self.tokenizer)
+        torch.manual_seed(self.random_state)  # before loading: weights a checkpoint lacks are initialised now
+        missing: list[str] = []
+        mlm, tokenizer = load_model(self.model, self.tokenizer, missing)
+        self.initialised_parameters_ = [f"mlm.{name}" for name in missing]
         if copy_model and not isinstance(self.model, str):
             mlm = copy.deepcopy(mlm)  # never train the caller's model in place
         device = resolve_device(self.device)
         mlm.to(device)
-        torch.manual_seed(self.random_state)
         model = PromptModel(mlm, tokenizer, template, verbalizer, max_length=self.max_length, seed=self.random_state)
         return model.to(device).eval()  # training switches modes itself and switches back
 

@@ -56,7 +56,9 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
     target = Path(directory)
     model = clf.model_
     named = dict(model.named_parameters())
-    tensors = {name: named[name].detach().contiguous().cpu() for name in clf.trained_parameters_}
+    # trained tensors, and those the base checkpoint lacked (initialised at random when it was loaded)
+    stored = sorted(set(clf.trained_parameters_) | set(getattr(clf, "initialised_parameters_", [])))
+    tensors = {name: named[name].detach().contiguous().cpu() for name in stored}
     if clf.calibration_ is not None:
         tensors["calibration"] = clf.calibration_.detach().cpu()
     base = clf.model if isinstance(clf.model, str) else getattr(model.mlm, "name_or_path", "")
@@ -69,6 +71,7 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
         "params": params,
         "base_model": {"name_or_path": str(base or ""), **clf.base_fingerprint_},
         "trained_parameters": list(clf.trained_parameters_),
+        "stored_parameters": stored,
     }
     text = json.dumps(config, indent=2)  # fails before anything is written if a setting is not JSON
 
@@ -137,7 +140,8 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
         **params,
     )
     template, verbalizer = clf._validate()
-    clf.model_ = clf._build(template, verbalizer, copy_model=bool(config["trained_parameters"]) and not isinstance(model, str))
+    stored = config.get("stored_parameters", config["trained_parameters"])
+    clf.model_ = clf._build(template, verbalizer, copy_model=bool(stored) and not isinstance(model, str))
     got = fingerprint(clf.model_)
     for key, what in (("config_sha256", "config"), ("vocab_sha256", "vocabulary")):
         if got[key] != saved_base[key]:
@@ -153,11 +157,11 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
             "input embeddings (other weights): load it with the base model it was trained on"
         )
     named = dict(clf.model_.named_parameters())
-    missing = [n for n in config["trained_parameters"] if n not in tensors]
+    missing = [n for n in stored if n not in tensors]
     if missing:
         raise ValueError(f"{weights} lacks trained tensors {missing[:3]}: the save is corrupted; save it again")
     with torch.no_grad():
-        for name in config["trained_parameters"]:
+        for name in stored:
             if name not in named or named[name].shape != tensors[name].shape:
                 raise ValueError(f"{weights}: tensor {name!r} does not fit this model; load it with the model it was trained on")
             named[name].copy_(tensors[name])

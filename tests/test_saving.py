@@ -113,3 +113,31 @@ def test_refuses_to_overwrite_a_foreign_directory(trainable_bert, tmp_path):
     with pytest.raises(FileExistsError, match="not a promptcls save"):
         clf.save_pretrained(tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_checkpoint_without_mlm_head_is_seeded_and_its_head_saved(trainable_bert, tmp_path):
+    """An encoder saved without an MLM head (like all-MiniLM-L6-v2) gets a head initialised from random_state."""
+    import transformers
+
+    model, tokenizer = trainable_bert
+    transformers.BertModel(model.config).save_pretrained(tmp_path / "encoder")  # no cls.* weights
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    path = str(tmp_path / "encoder")
+
+    def make_clf(**kw):
+        return PromptClassifier(path, "{text} It [SOFT:was] [MASK].", WORDS, progress=False, **kw)
+
+    torch.manual_seed(123)
+    a = make_clf().fit().decision_function(X)
+    torch.manual_seed(456)  # the global seed does not matter, random_state does
+    np.testing.assert_array_equal(make_clf().fit().decision_function(X), a)
+    assert not np.array_equal(make_clf(random_state=1).fit().decision_function(X), a)
+
+    clf = make_clf(train_mode="prompt", epochs=2).fit(X, Y)
+    assert any(n.startswith("mlm.cls.") for n in clf.initialised_parameters_)
+    clf.save_pretrained(tmp_path / "saved")
+    with safe_open(tmp_path / "saved" / "trained.safetensors", "pt") as f:
+        assert set(clf.initialised_parameters_) <= set(f.keys())
+    torch.manual_seed(789)
+    loaded = PromptClassifier.from_pretrained(tmp_path / "saved", random_state=5)  # another seed: the file wins
+    np.testing.assert_array_equal(loaded.decision_function(X), clf.decision_function(X))
