@@ -10,6 +10,7 @@ demo shows what 16 examples per class teach the head.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("promptcls").setLevel(logging.ERROR)  # the missing-head warning: said below instead
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     data = load_demo_reviews()
     train, test = data.iloc[:32], data.iloc[32:]
