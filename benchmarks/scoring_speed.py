@@ -625,8 +625,8 @@ def write_breakdown_markdown(path: Path, results: list[Result], args: argparse.N
             "",
             breakdown_table(results),
             "",
-            "The stages do not quite add up to the end-to-end time: the rest is Python between them "
-            "(row conversion, the progress-bar wrapper, copying scores out) and measurement noise.",
+            "What the stages leave out (row conversion, the progress-bar wrapper, copying scores out) is the "
+            "difference between their sum and the end-to-end time, together with measurement noise.",
             "",
             "Machine:",
             *machine(args),
