@@ -250,10 +250,18 @@ def train(
         amp_dtype = None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    cache = None
+    cache = eval_cache = None
+    if eval_set is not None:
+        eval_rows = to_rows(eval_set[0], model.template.fields, clf.columns)
+        eval_y = np.asarray(list(eval_set[1]))
+        if len(eval_rows) != len(eval_y):
+            raise ValueError(f"eval_set has {len(eval_rows)} rows but {len(eval_y)} labels")
     if mode == "head" and model.split_head:
         model.eval()  # frozen encoder, fixed input: deterministic mask rows
         cache = _HeadCache(model, encoded, clf.batch_size)
+        # the dev set's mask rows are fixed too; iterative decoding of multi-token words needs the encoder
+        if eval_set is not None and (str(getattr(clf.decoding, "value", clf.decoding)) == "parallel" or set(model.label_words.groups) == {1}):
+            eval_cache = _HeadCache(model, model.encode(eval_rows), clf.batch_size)
     else:
         model.train()
 
@@ -314,7 +322,13 @@ def train(
                     break
             log = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses))}
             if eval_set is not None:
-                log["eval_accuracy"] = float(np.mean(clf.predict(eval_set[0]) == np.asarray(list(eval_set[1]))))
+                if eval_cache is not None:
+                    with torch.no_grad():
+                        everything = torch.arange(len(eval_y), device=model.device)
+                        predicted = clf.classes_[eval_cache.class_scores(model, everything).argmax(1).cpu().numpy()]
+                else:
+                    predicted = clf.predict(eval_set[0])
+                log["eval_accuracy"] = float(np.mean(predicted == eval_y))
                 if cache is None:
                     model.train()
                 if best is None or log["eval_accuracy"] > best[0]:

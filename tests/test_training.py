@@ -118,6 +118,46 @@ def test_eval_set_keeps_best_epoch_and_callbacks_see_every_epoch(trainable_bert)
     assert (clf.predict(X) == np.array(Y)).mean() == best
 
 
+DEV_X = X[::2] + ["the room was nice", "awful service", "i love the staff", "a boring place", "fun food", "poor film"]
+DEV_Y = Y[::2] + ["pos", "neg", "pos", "neg", "pos", "neg"]
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "iterative"])
+def test_head_mode_eval_set_scores_like_predict(trainable_bert, decoding):
+    # dev accuracy in head mode comes from cached mask rows (parallel decoding) or from predict
+    # (iterative): either way each epoch's figure is what predict gives at the end of that epoch
+    predicted = []
+    clf = make(trainable_bert, "head", epochs=8, decoding=decoding, callbacks=[
+        lambda c, log: predicted.append(float(np.mean(c.predict(DEV_X) == np.array(DEV_Y))))])
+    clf.fit(X, Y, eval_set=(DEV_X, DEV_Y))
+    assert [h["eval_accuracy"] for h in clf.history_] == predicted
+    assert len(set(predicted)) > 1  # the dev accuracy moved, so the comparison means something
+
+
+def test_head_mode_caches_the_eval_set_too(trainable_bert, monkeypatch):
+    model, _ = trainable_bert
+    rows = []
+    base_cls = type(model.base_model)
+    original = base_cls.forward
+
+    def counting(self, *args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        rows.append(ids.shape[0])
+        return original(self, *args, **kwargs)
+
+    make(trainable_bert, "head", train_mode="none").fit()
+    monkeypatch.setattr(base_cls, "forward", counting)
+    make(trainable_bert, "head", train_mode="none").fit()
+    probe = sum(rows)
+    for epochs in (1, 6):
+        rows.clear()
+        make(trainable_bert, "head", epochs=epochs).fit(X, Y, eval_set=(DEV_X, DEV_Y))
+        # "terrible" has two tokens: train and dev set each go through the encoder once per label-word length
+        assert sum(rows) - probe == 2 * len(X) + 2 * len(DEV_X)
+    with pytest.raises(ValueError, match="eval_set has 10 rows but 2 labels"):
+        make(trainable_bert, "head", epochs=1).fit(X, Y, eval_set=(DEV_X, DEV_Y[:2]))
+
+
 def test_labels_of_any_type(trainable_bert):
     model, tokenizer = trainable_bert
     clf = PromptClassifier(model, TEMPLATES["head"], {0: WORDS["neg"], 1: WORDS["pos"]}, tokenizer=tokenizer,
