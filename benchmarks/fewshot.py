@@ -21,7 +21,7 @@ with the run seed), so zero-shot is at chance level and the prompt-only mode ste
 Hyper-parameters are chosen on dev sets only. Learning rates: ``--lr METHOD=A,B`` makes a grid
 that every run searches on its own dev set; ``--lr-from PILOT_RUNS.csv`` fixes each method's rate
 to the grid value with the best mean dev accuracy in a pilot run (the committed results used a
-pilot on SST-2, SST-5, CR and RTE, seed 13). Every trained method keeps its best epoch on dev
+pilot on SST-2, SST-5 and CR, seed 13). Every trained method keeps its best epoch on dev
 (promptcls ``eval_set``; the same rule in the fine-tuning loop); logreg picks C from
 ``LOGREG_C`` on dev. The test set is used once, for the final score. Scores: accuracy, F1 of the
 positive class for MRPC; mean and sample standard deviation (ddof=1) over seeds. Wall time per
@@ -31,21 +31,24 @@ Run (from the repository root; ``--jobs 2`` runs two task x seed units side by s
 thread each, which on 2 cores gets through about 1.45 times as many runs as one 2-thread process)::
 
     # 1. the learning-rate pilot (dev scores only count)
-    python benchmarks/fewshot.py --tasks sst2 sst5 cr rte --seeds 13 --max-test 50 --jobs 2 \
+    python benchmarks/fewshot.py --tasks sst2 sst5 cr --seeds 13 --max-test 50 --jobs 2 \
         --methods head prompt head+prompt full finetune --name fewshot_lr_pilot \
         --lr head=1e-3,1e-2 prompt=3e-3,3e-2 head+prompt=1e-3,1e-2 full=2e-5,1e-4 finetune=2e-5,1e-4
     # 2. the benchmark: 9 tasks x 5 seeds, K = 16 (FewGLUE's 32 for BoolQ and CB)
     python benchmarks/fewshot.py --jobs 2 --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv
     # 3. 8 per class, next to SetFit's published numbers
     python benchmarks/fewshot.py --jobs 2 --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv --tasks sst5 cr agnews --k 8
-    # 4. learning curve, K = 4, 8, 16, 32
-    python benchmarks/fewshot.py --jobs 2 --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv --learning-curve --tasks sst2
+    # 4. learning curve, K = 4, 8, 16, 32 (K = 16 taken from step 2's runs)
+    python benchmarks/fewshot.py --jobs 2 --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv --learning-curve --tasks sst2 \
+        --reuse benchmarks/results/fewshot_runs.csv
 
 On a CUDA machine the same commands run there (``--device auto``) under bf16 autocast.
 
-Writes ``benchmarks/results/<name>.md``, ``<name>.png`` and ``<name>_runs.csv`` (one row per
-run, written as runs finish; ``--resume`` skips runs already there); the name is ``fewshot``,
-``fewshot_k8`` (other K), ``fewshot_curve`` or ``--name``.
+Writes ``benchmarks/results/<name>.md``, ``<name>.png``, ``<name>_runs.csv`` (one row per
+run, written as runs finish; ``--resume`` skips runs already there; ``--reuse FILE`` takes equal
+runs from another file) and ``<name>_meta.json`` (machine, load, date and wall time of the
+invocation, which ``--report-only`` reuses); the name is ``fewshot``, ``fewshot_k8`` (other K),
+``fewshot_curve`` or ``--name``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import copy
 import csv
 import dataclasses
 import datetime
+import json
 import math
 import os
 import platform
@@ -415,23 +419,47 @@ def run_method(split: Split, method: str, settings: Settings) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- runs file
 
 RUN_COLUMNS = ["task", "k", "seed", "method", "accuracy", "f1", "dev_accuracy", "chosen", "grid", "fit_s", "total_s",
-               "n_train", "n_dev", "n_test", "epochs"]
+               "n_train", "n_dev", "n_test", "epochs", "source"]
 
 
 def read_runs(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=False) if path.exists() else pd.DataFrame(columns=RUN_COLUMNS)
+    if not path.exists():
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    runs = pd.read_csv(path, keep_default_na=False)
+    return runs if "source" in runs.columns else runs.assign(source="")
 
 
 def write_runs(rows: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
 
 def run_key(row: dict[str, Any]) -> tuple:
     return (str(row["task"]), int(row["k"]), int(row["seed"]), str(row["method"]), int(row["epochs"]), int(row["n_test"]))
+
+
+def reusable(row: dict[str, Any], settings: Settings) -> bool:
+    """Whether a run from another file used this invocation's learning rate (a grid run is never reused)."""
+    grid = settings.learning_rates.get(str(row["method"]))
+    if grid is None:
+        return True
+    return len(grid) == 1 and str(row["chosen"]) == f"lr={grid[0]:g}" and not str(row["grid"])
+
+
+def reuse_runs(paths: Sequence[str], settings: Settings) -> dict[tuple, dict[str, Any]]:
+    """Runs to take instead of running them, by run key, from other runs files (``--reuse``)."""
+    taken: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        runs = read_runs(Path(path))
+        if runs.empty:
+            raise SystemExit(f"fewshot.py: --reuse {path}: no runs file there")
+        for row in runs.to_dict("records"):
+            if reusable(row, settings):
+                taken.setdefault(run_key(row), {**row, "source": row["source"] or Path(path).name})
+    return taken
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -459,8 +487,35 @@ def pivot_table(summary: pd.DataFrame, methods: Sequence[str], value: Callable[[
         by_method = {row["method"]: row for _, row in group.iterrows()}
         values = [value(by_method[m]) if m in by_method else "-" for m in methods]
         n_test = int(group["n_test"].iloc[0])
-        lines.append(f"| {task} | {k} | {headline(task)} | {n_test} | " + " | ".join(values) + " |")
+        lines.append(f"| {task} | {k_label(task, k)} | {headline(task)} | {n_test} | " + " | ".join(values) + " |")
     return lines
+
+
+def k_label(task: str, k: int) -> str:
+    """K as the tables show it: FewGLUE's one fixed split has 32 examples in all, not K per class."""
+    return "32 in all" if get_task(task).fixed_split and k == 16 else str(k)
+
+
+def fixed_split_lines(runs: pd.DataFrame) -> list[str]:
+    """Why a FewGLUE task's logreg has no spread over seeds."""
+    fixed = [t for t in dict.fromkeys(runs["task"]) if get_task(t).fixed_split]
+    if not fixed:
+        return []
+    return [f"- {', '.join(fixed)}: FewGLUE's one fixed split, so the seed changes only the initialisation and the "
+            "order of training batches; logreg on frozen embeddings is deterministic, hence its ± 0.0"]
+
+
+def reused_lines(runs: pd.DataFrame) -> list[str]:
+    """A line naming the runs taken from another runs file (``--reuse``), if any."""
+    if "source" not in runs.columns:
+        return []
+    reused = runs[runs["source"].astype(str) != ""]
+    if reused.empty:
+        return []
+    groups = ", ".join(f"{task} K={k}" for task, k in dict.fromkeys(zip(reused["task"], reused["k"], strict=True)))
+    sources = ", ".join(f"`{s}`" for s in dict.fromkeys(reused["source"]))
+    return [f"- {len(reused)} runs ({groups}) were taken from {sources}: the same split, test sample, epochs and "
+            "learning rates, so not run again (their wall times are the ones measured there)"]
 
 
 def comparisons(summary: pd.DataFrame) -> list[str]:
@@ -479,7 +534,7 @@ def comparisons(summary: pd.DataFrame) -> list[str]:
         verdict = "beats" if gap > 0 else "loses to" if gap < 0 else "ties with"
         losses = [f"{m} < {b}" for m in ours for b in theirs if by[m]["mean"] < by[b]["mean"]]
         lines.append(
-            f"- {task} (K={k}): best promptcls mode **{best_ours}** ({cell(by[best_ours]['mean'], by[best_ours]['std'])}) "
+            f"- {task} (K={k_label(task, k)}): best promptcls mode **{best_ours}** ({cell(by[best_ours]['mean'], by[best_ours]['std'])}) "
             f"{verdict} the best baseline **{best_theirs}** ({cell(by[best_theirs]['mean'], by[best_theirs]['std'])}) "
             f"({gap:+.1f} points). Means where promptcls loses: {', '.join(losses) if losses else 'none'}."
         )
@@ -535,7 +590,7 @@ def plot_bars(summary: pd.DataFrame, methods: Sequence[str], path: Path) -> None
         chance = 100 / len(get_task(task).labels)
         ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dotted", linewidth=1)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{task}\nK={k}, {headline(task)}" for (task, k), _ in groups])
+    ax.set_xticklabels([f"{task}\nK={k_label(task, k)}, {headline(task)}" for (task, k), _ in groups])
     ax.set_ylabel("test score (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Few-shot, all-MiniLM-L6-v2 (dotted: chance)")
@@ -583,21 +638,44 @@ def cpu_name() -> str:
     return names[0] if names else platform.processor() or "unknown"
 
 
-def machine(settings: Settings, load_before: tuple[float, ...], jobs: int = 1) -> list[str]:
+def run_info(settings: Settings, load_before: tuple[float, ...], jobs: int, elapsed: float) -> dict[str, Any]:
+    """What the report says of the machine and the invocation, recorded as it ends (``<name>_meta.json``),
+    so that a later ``--report-only`` still names the run's own machine, load and date."""
     import torch
     import transformers
 
+    return {
+        "device": settings.device,
+        "mixed_precision": "bf16 autocast" if settings.amp else "off (fp32)",
+        "gpu": torch.cuda.get_device_name() if settings.amp else None,
+        "cpu": cpu_name(),
+        "nproc": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "jobs": jobs,
+        "load_start": round(load_before[0], 2),
+        "load_end": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "elapsed_min": round(elapsed / 60, 1),
+    }
+
+
+def machine(info: dict[str, Any]) -> list[str]:
+    jobs, threads = info["jobs"], info["threads"]
     lines = [
-        f"- device: {settings.device}; mixed precision: {'bf16 autocast' if settings.amp else 'off (fp32)'}",
-        f"- CPU: {cpu_name()}; `nproc` = {os.cpu_count()}; torch threads = {torch.get_num_threads()}"
-        + (f" shared by {jobs} worker processes ({max(1, torch.get_num_threads() // jobs)} each), one task x seed each"
-           if jobs > 1 else ""),
-        f"- load average (1 min) at start {load_before[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- device: {info['device']}; mixed precision: {info['mixed_precision']}",
+        f"- CPU: {info['cpu']}; `nproc` = {info['nproc']}; torch threads = {threads}"
+        + (f" shared by {jobs} worker processes ({max(1, threads // jobs)} each), one task x seed each" if jobs > 1 else ""),
+        f"- load average (1 min) at start {info['load_start']:.1f}, at end {info['load_end']:.1f}",
+        f"- python {info['python']}, torch {info['torch']}, transformers {info['transformers']}",
+        f"- date: {info['date']}",
     ]
-    if settings.amp:
-        lines.insert(1, f"- GPU: {torch.cuda.get_device_name()}")
+    if info.get("gpu"):
+        lines.insert(1, f"- GPU: {info['gpu']}")
+    if info.get("note"):
+        lines.append(f"- {info['note']}")
     return lines
 
 
@@ -620,7 +698,7 @@ def partial_reasons(args: argparse.Namespace) -> list[str]:
     return reasons
 
 
-def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, load_before, command: str, elapsed: float) -> str:
+def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, info: dict[str, Any], command: str) -> str:
     summary = summarise(runs)
     methods = [m for m in METHODS if m in set(runs["method"])]
     title = "Few-shot learning curve" if args.learning_curve else "Few-shot benchmark"
@@ -664,14 +742,16 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, loa
         f"- test sets: at most {args.max_test} examples, subsampled once with a fixed seed (0) shared by all runs; "
         "examples equal to a train / dev example removed",
         *(f"- {describe_split(task, k)}" for task in dict.fromkeys(runs["task"]) for k in args.k),
+        *fixed_split_lines(runs),
         f"- wall time: {runs['total_s'].sum() / 60:.1f} min summed over the {len(runs)} runs "
-        f"({elapsed / 60:.1f} min for this invocation, data loading included)",
+        f"({info['elapsed_min']:.1f} min for the invocation, data loading included)",
+        *reused_lines(runs),
         "",
         "Chosen settings per run and every score: `" + Path(args.runs_file).name + "`.",
         "",
         "## Machine",
         "",
-        *machine(settings, load_before, args.jobs),
+        *machine(info),
         "",
         "The machine was shared with other work while this ran, so wall times are noisy (compare load averages).",
         "",
@@ -746,6 +826,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-curve", action="store_true", help="one task over K = 4, 8, 16, 32")
     parser.add_argument("--out-dir", default=str(RESULTS))
     parser.add_argument("--resume", action="store_true", help="skip runs already in the runs file")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="RUNS_CSV",
+                        help="take runs with the same task, K, seed, method, epochs, test size and learning rate "
+                             "from these runs files instead of running them (the report says which)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the report and plot from the runs file as it stands (partial runs say so)")
     parser.add_argument("--name", default=None, help="results file stem (default: fewshot, fewshot_k<K>, fewshot_curve)")
@@ -763,15 +846,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run_unit(task: str, k: int, seed: int, methods: Sequence[str], settings: Settings, args: argparse.Namespace,
-             done: set[tuple]) -> list[dict[str, Any]]:
-    """Every method not in ``done`` on one task x K x seed; rows in method order."""
+             done: set[tuple], reused: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every method not in ``done`` on one task x K x seed (taken from ``reused`` where it is there);
+    rows in method order."""
     train, dev, test = load_task(task, seed, k=k, data_dir=args.data_dir, max_test=args.max_test)
     split = Split(task, seed, k, train, dev, test)
     rows = []
     for method in methods:
-        if (task, k, seed, method, args.epochs, len(test)) in done:
+        key = (task, k, seed, method, args.epochs, len(test))
+        if key in done:
             continue
-        row = run_method(split, method, settings)
+        if key in reused:
+            rows.append(reused[key])
+            continue
+        row = {**run_method(split, method, settings), "source": ""}
         rows.append(row)
         print(f"{task} K={k} seed={seed} {method:<12} acc {row['accuracy']:.3f} f1 {row['f1']:.3f} "
               f"dev {row['dev_accuracy']:.3f} {row['chosen']:<10} {row['total_s']:.0f}s", flush=True)
@@ -800,12 +888,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         pilot_rates, args.pilot_lines = rates_from_pilot(args.lr_from)
         rates = {**pilot_rates, **{m: v for m, v in rates.items() if any(i.startswith(m + "=") for i in args.lr)}}
     settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, rates)
-    command = "python benchmarks/fewshot.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    given = list(argv if argv is not None else sys.argv[1:])
+    # the report's command is the one that (re)makes the runs: without --report-only
+    command = "python benchmarks/fewshot.py " + shlex.join([a for a in given if a != "--report-only"])
     load_before = os.getloadavg()
     out_dir = Path(args.out_dir)
     runs_path = Path(args.runs_file)
+    meta_path = out_dir / f"{args.stem}_meta.json"
     rows = read_runs(runs_path).to_dict("records") if args.resume else []
     done = {run_key(r) for r in rows}
+    reused = reuse_runs(args.reuse, settings)
     try:
         data_root(args.data_dir)
     except FileNotFoundError as error:
@@ -815,10 +907,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = units
     if args.report_only:
         rows = read_runs(runs_path).to_dict("records")
+        if not rows:
+            raise SystemExit(f"fewshot.py: --report-only found no runs in {runs_path}")
         todo = []
     if args.jobs == 1:
         for unit in todo:
-            rows += run_unit(*unit, args.methods, settings, args, done)
+            rows += run_unit(*unit, args.methods, settings, args, done, reused)
             write_runs(rows, runs_path)
     else:
         import concurrent.futures
@@ -828,21 +922,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init,
                                                     initargs=(per_job,)) as pool:
-            futures = [pool.submit(run_unit, *unit, args.methods, settings, args, done) for unit in todo]
+            futures = [pool.submit(run_unit, *unit, args.methods, settings, args, done, reused) for unit in todo]
             for future in concurrent.futures.as_completed(futures):
                 rows += future.result()
                 write_runs(rows, runs_path)
-    runs = pd.DataFrame(rows)
-    runs = runs[runs["task"].isin(args.tasks) & runs["seed"].isin(args.seeds) & runs["k"].isin(args.k)
-                & runs["method"].isin(args.methods)]
+    # the runs file keeps every row it had (other tasks too), this invocation's in task x K x seed x method order
     order = {key: i for i, key in enumerate((t, k, s, m) for t, k, s in units for m in args.methods)}
-    runs = runs.assign(_order=[order[(r.task, int(r.k), int(r.seed), r.method)] for r in runs.itertuples()])
-    runs = runs.sort_values("_order", kind="stable").drop(columns="_order")
-    args.missing_runs = len(order) - len(runs)
+    everything = pd.DataFrame(rows)
+    position = [order.get((r.task, int(r.k), int(r.seed), r.method), len(order) + i) for i, r in enumerate(everything.itertuples())]
+    everything = everything.assign(_order=position).sort_values("_order", kind="stable").drop(columns="_order")
     if not args.report_only:
-        write_runs(runs.to_dict("records"), runs_path)
+        write_runs(everything.to_dict("records"), runs_path)
+    runs = everything[everything["task"].isin(args.tasks) & everything["seed"].isin(args.seeds)
+                      & everything["k"].isin(args.k) & everything["method"].isin(args.methods)]
+    args.missing_runs = len(order) - len(runs)
     elapsed = time.perf_counter() - start
-    (out_dir / f"{args.stem}.md").write_text(report(runs, args, settings, load_before, command, elapsed))
+    if args.report_only and meta_path.exists():
+        info = json.loads(meta_path.read_text())
+    else:
+        info = run_info(settings, load_before, args.jobs, elapsed)
+        if args.report_only:
+            info["note"] = "report written with --report-only; no record of the machine the runs were made on"
+        else:
+            meta_path.write_text(json.dumps(info, indent=1) + "\n")
+    (out_dir / f"{args.stem}.md").write_text(report(runs, args, settings, info, command))
     methods = [m for m in METHODS if m in args.methods]
     if args.learning_curve:
         plot_curve(summarise(runs), methods, out_dir / f"{args.stem}.png")
