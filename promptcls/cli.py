@@ -198,6 +198,10 @@ def cmd_train(args) -> None:
         extra["learning_rate"] = args.learning_rate
     if args.train_batch_size:
         extra["train_batch_size"] = args.train_batch_size
+    if args.patience is not None:
+        if not args.dev:
+            raise CLIError("--patience stops on the dev accuracy: give a labelled --dev file")
+        extra["early_stopping_patience"] = args.patience
     fit_args: dict[str, Any] = {}
     if args.dev:
         dev = read_table(args.dev, args.input_format)
@@ -397,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dev", help="a labelled dev file: keep the epoch with the best dev accuracy")
+    p.add_argument("--patience", type=int, help="with --dev: stop after this many epochs without a better dev accuracy")
     p.add_argument("--output-dir", required=True)
     p.set_defaults(func=cmd_train)
 

@@ -173,6 +173,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         unlabeled texts are given).
     callbacks : list of callables
         Each is called as ``callback(classifier, log)`` after every epoch.
+    early_stopping_patience : int, optional
+        With an ``eval_set``: stop once the dev accuracy has not improved for this many
+        epochs (the best epoch is kept either way). ``None`` trains every epoch.
 
     ``fit(X, y, eval_set=(X_dev, y_dev))`` keeps the epoch with the best dev accuracy.
     """
@@ -205,6 +208,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         mixed_precision: str = "no",
         mlm_loss_weight: float | None = None,
         callbacks: Sequence[Any] | None = None,
+        early_stopping_patience: int | None = None,
     ) -> None:
         self.model = model
         self.template = template
@@ -231,6 +235,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.mixed_precision = mixed_precision
         self.mlm_loss_weight = mlm_loss_weight
         self.callbacks = callbacks
+        self.early_stopping_patience = early_stopping_patience
 
     # ------------------------------------------------------------------ sklearn plumbing
     def _validate(self) -> tuple[Template, Verbalizer]:
@@ -252,6 +257,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
+        patience = self.early_stopping_patience
+        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+            raise ValueError(f"early_stopping_patience must be a positive integer or None, got {patience!r}")
         if self.mlm_loss_weight is not None and not 0.0 <= self.mlm_loss_weight <= 1.0:
             raise ValueError(f"mlm_loss_weight must lie in [0, 1], got {self.mlm_loss_weight!r}")
         return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)

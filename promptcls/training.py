@@ -9,6 +9,10 @@
 
 Loss: cross-entropy over the class scores (multi-token words scored in parallel). Optionally
 PET's auxiliary MLM loss on unlabeled texts: ``alpha * ce + (1 - alpha) * mlm``.
+
+With an ``eval_set`` the epoch with the best dev accuracy is kept; ``early_stopping_patience``
+ends the run once that many epochs have passed without a better one. The learning-rate schedule
+is still the one planned for all the epochs, so a stopped run is the start of the full run.
 """
 
 from __future__ import annotations
@@ -251,6 +255,9 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     cache = eval_cache = None
+    patience = clf.early_stopping_patience
+    if patience is not None and eval_set is None:
+        raise ValueError(f"early_stopping_patience={patience} watches the dev accuracy: pass fit(X, y, eval_set=(X_dev, y_dev))")
     if eval_set is not None:
         eval_rows = to_rows(eval_set[0], model.template.fields, clf.columns)
         eval_y = np.asarray(list(eval_set[1]))
@@ -271,6 +278,7 @@ def train(
         logger.info("data-parallel training on %d processes", world)
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, torch.Tensor]] | None = None
+    best_epoch = 0
     show = clf.progress if rank == 0 else False
     step = 0
     callbacks: list[Callable[..., Any]] = list(clf.callbacks or [])
@@ -333,11 +341,16 @@ def train(
                     model.train()
                 if best is None or log["eval_accuracy"] > best[0]:
                     best = (log["eval_accuracy"], {n: p.detach().clone() for n, p in trained.items()})
+                    best_epoch = epoch + 1
             logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in log.items()})
             history.append(log)
             for callback in callbacks:
                 callback(clf, log)
             if step >= total_steps:
+                break
+            if patience is not None and epoch + 1 - best_epoch >= patience:
+                # every process sees the same dev accuracy, so all stop at the same epoch
+                logger.info("no better eval accuracy for %d epochs: stopped after epoch %d of %d", patience, epoch + 1, epochs)
                 break
 
     if best is not None:

@@ -87,6 +87,20 @@ def test_train_evaluate_and_predict_from_the_saved_model(workdir):
     assert pd.read_csv(__import__("io").StringIO(result.stdout)).prediction.tolist() == REVIEWS.label.tolist()
 
 
+def test_train_with_patience_stops_on_the_dev_file_and_needs_one(workdir):
+    base = ["train", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+            "--input", workdir / "reviews.csv", "--column", "text=review", "--mode", "head", "--epochs", "40",
+            "--learning-rate", "0.01", "--quiet", "--patience", "1"]
+    result = run(*base, "--output-dir", workdir / "no-dev")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "promptcls train: error: --patience stops on the dev accuracy: give a labelled --dev file"
+    assert not (workdir / "no-dev").exists()
+    result = run(*base, "--dev", workdir / "reviews.csv", "--output-dir", workdir / "patient")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((workdir / "patient" / "promptcls_config.json").read_text())
+    assert config["params"]["early_stopping_patience"] == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

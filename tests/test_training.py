@@ -223,3 +223,35 @@ def test_label_vocabulary_training_equals_full_vocabulary_training(trainable_ber
     initial = dict(trainable_bert[0].named_parameters())["cls.predictions.bias"]
     assert torch.equal(fast[bias][others], initial[others])
     assert (slow[bias][others] - initial[others]).abs().max() < 1e-3
+
+
+def _stop_epoch(accuracies, patience):
+    """Where the patience rule stops a run whose dev accuracies are ``accuracies``."""
+    best, best_epoch = -1.0, 0
+    for epoch, accuracy in enumerate(accuracies, 1):
+        if accuracy > best:
+            best, best_epoch = accuracy, epoch
+        if epoch - best_epoch >= patience:
+            return epoch
+    return len(accuracies)
+
+
+@pytest.mark.parametrize("mode", ["head", "prompt"])
+def test_early_stopping_cuts_the_same_run_short(trainable_bert, mode):
+    # same seed and data: the run with patience is the prefix of the full run up to where the rule says stop
+    full = make(trainable_bert, mode, epochs=12).fit(X, Y, eval_set=(DEV_X, DEV_Y))
+    accuracies = [h["eval_accuracy"] for h in full.history_]
+    stop = _stop_epoch(accuracies, 2)
+    assert stop < 12  # the rule fires on this run, so the test means something
+    early = make(trainable_bert, mode, epochs=12, early_stopping_patience=2).fit(X, Y, eval_set=(DEV_X, DEV_Y))
+    assert early.history_ == full.history_[:stop]
+    # the kept epoch is the best one seen before stopping
+    assert np.mean(early.predict(DEV_X) == np.array(DEV_Y)) == max(accuracies[:stop])
+
+
+def test_early_stopping_needs_a_dev_set_and_a_positive_patience(trainable_bert):
+    with pytest.raises(ValueError, match=r"early_stopping_patience=3 watches the dev accuracy: pass fit\(X, y, eval_set="):
+        make(trainable_bert, "head", early_stopping_patience=3).fit(X, Y)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="early_stopping_patience must be a positive integer or None"):
+            make(trainable_bert, "head", early_stopping_patience=bad).fit(X, Y, eval_set=(DEV_X, DEV_Y))
