@@ -108,6 +108,7 @@ class Settings:
     max_length: int
     device: str
     learning_rates: dict[str, tuple[float, ...]]
+    patience: int | None = None  # early stopping on dev for every trained method (None: all epochs)
 
     @property
     def amp(self) -> bool:
@@ -252,6 +253,7 @@ def prompt_classifier(split: Split, method: str, lr: float | None, settings: Set
         epochs=settings.epochs,
         train_batch_size=TRAIN_BATCH,
         mixed_precision="bf16" if settings.amp else "no",
+        early_stopping_patience=settings.patience if PROMPT_METHODS[method] != "none" else None,
         **rates,
     )
 
@@ -322,8 +324,8 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
     targets = label_ids(split, split.train)
     generator = torch.Generator().manual_seed(split.seed)
-    best = (-1.0, None)
-    for _ in range(settings.epochs):
+    best, best_epoch = (-1.0, None), 0
+    for epoch in range(1, settings.epochs + 1):
         model.train()
         for idx in torch.randperm(len(split.train), generator=generator).split(TRAIN_BATCH):
             batch = encode_pairs(tokenizer, split.train.iloc[idx.tolist()], split.fields, settings.max_length)
@@ -337,7 +339,9 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
             optimizer.zero_grad(set_to_none=True)
         dev = scores(split, classify(model, tokenizer, split, split.dev, settings), split.dev)["accuracy"]
         if dev > best[0]:
-            best = (dev, copy.deepcopy(model.state_dict()))
+            best, best_epoch = (dev, copy.deepcopy(model.state_dict())), epoch
+        if settings.patience is not None and epoch - best_epoch >= settings.patience:
+            break  # promptcls's early_stopping_patience rule
     model.load_state_dict(best[1])
     return Outcome(lambda frame: classify(model, tokenizer, split, frame, settings), best[0], f"lr={lr:g}")
 
@@ -413,20 +417,21 @@ def run_method(split: Split, method: str, settings: Settings) -> dict[str, Any]:
         "n_dev": len(split.dev),
         "n_test": len(split.test),
         "epochs": settings.epochs,
+        "patience": "" if settings.patience is None else settings.patience,
     }
 
 
 # ---------------------------------------------------------------------------- runs file
 
 RUN_COLUMNS = ["task", "k", "seed", "method", "accuracy", "f1", "dev_accuracy", "chosen", "grid", "fit_s", "total_s",
-               "n_train", "n_dev", "n_test", "epochs", "source"]
+               "n_train", "n_dev", "n_test", "epochs", "patience", "source"]
 
 
 def read_runs(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=RUN_COLUMNS)
-    runs = pd.read_csv(path, keep_default_na=False)
-    return runs if "source" in runs.columns else runs.assign(source="")
+    runs = pd.read_csv(path, keep_default_na=False, dtype={"patience": str, "source": str})
+    return runs.assign(**{column: "" for column in ("patience", "source") if column not in runs.columns})
 
 
 def write_runs(rows: list[dict[str, Any]], path: Path) -> None:
@@ -438,7 +443,8 @@ def write_runs(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_key(row: dict[str, Any]) -> tuple:
-    return (str(row["task"]), int(row["k"]), int(row["seed"]), str(row["method"]), int(row["epochs"]), int(row["n_test"]))
+    return (str(row["task"]), int(row["k"]), int(row["seed"]), str(row["method"]), int(row["epochs"]), int(row["n_test"]),
+            str(row.get("patience", "")))
 
 
 def reusable(row: dict[str, Any], settings: Settings) -> bool:
@@ -732,7 +738,9 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, inf
         "",
         f"- seeds: {', '.join(map(str, args.seeds))}; K (examples per class): {', '.join(map(str, args.k))}",
         f"- epochs: {settings.epochs} for every trained method (promptcls modes and the fine-tuning baseline), "
-        f"batch {TRAIN_BATCH}, best dev epoch kept; max length {settings.max_length} tokens for every method",
+        f"batch {TRAIN_BATCH}, best dev epoch kept"
+        + (f", stopped after {settings.patience} epochs without a better dev accuracy" if settings.patience else "")
+        + f"; max length {settings.max_length} tokens for every method",
         "- learning rates (a comma list is a dev grid): "
         + ", ".join(f"{m} {'/'.join(f'{v:g}' for v in settings.learning_rates[m])}" for m in DEFAULT_LR if m in methods)
         + ("; head+prompt's prompt 3e-3 (promptcls default)" if "head+prompt" in methods else ""),
@@ -812,6 +820,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--k", nargs="+", type=int, default=None, help="examples per class (default 16; curve: 4 8 16 32)")
     parser.add_argument("--epochs", type=int, default=FULL_DEFAULTS["epochs"])
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early stopping: end a trained run after this many epochs without a better dev accuracy "
+                             "(promptcls early_stopping_patience; the same rule in the fine-tuning loop)")
     parser.add_argument("--lr", nargs="*", default=[], metavar="METHOD=V[,V]", help="learning rates; a list is a dev grid")
     parser.add_argument("--lr-from", default=None, metavar="RUNS_CSV",
                         help="take each method's learning rate from a pilot run's dev grid (best mean dev accuracy)")
@@ -853,7 +864,7 @@ def run_unit(task: str, k: int, seed: int, methods: Sequence[str], settings: Set
     split = Split(task, seed, k, train, dev, test)
     rows = []
     for method in methods:
-        key = (task, k, seed, method, args.epochs, len(test))
+        key = (task, k, seed, method, args.epochs, len(test), "" if args.patience is None else str(args.patience))
         if key in done:
             continue
         if key in reused:
@@ -887,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lr_from:
         pilot_rates, args.pilot_lines = rates_from_pilot(args.lr_from)
         rates = {**pilot_rates, **{m: v for m, v in rates.items() if any(i.startswith(m + "=") for i in args.lr)}}
-    settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, rates)
+    settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, rates, args.patience)
     given = list(argv if argv is not None else sys.argv[1:])
     # the report's command is the one that (re)makes the runs: without --report-only
     command = "python benchmarks/fewshot.py " + shlex.join([a for a in given if a != "--report-only"])
