@@ -511,17 +511,23 @@ def fixed_split_lines(runs: pd.DataFrame) -> list[str]:
             "order of training batches; logreg on frozen embeddings is deterministic, hence its ± 0.0"]
 
 
-def reused_lines(runs: pd.DataFrame) -> list[str]:
-    """A line naming the runs taken from another runs file (``--reuse``), if any."""
+def reused_lines(runs: pd.DataFrame, machines: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """A line naming the runs taken from another runs file (``--reuse``), if any, and where they ran."""
     if "source" not in runs.columns:
         return []
     reused = runs[runs["source"].astype(str) != ""]
     if reused.empty:
         return []
     groups = ", ".join(f"{task} K={k}" for task, k in dict.fromkeys(zip(reused["task"], reused["k"], strict=True)))
-    sources = ", ".join(f"`{s}`" for s in dict.fromkeys(reused["source"]))
+    machines = machines or {}
+
+    def where(source: str) -> str:
+        info = machines.get(source)
+        return f"`{source}` (run on {info['cpu']}, {info['date']})" if info else f"`{source}`"
+
+    sources = ", ".join(where(s) for s in dict.fromkeys(reused["source"]))
     return [f"- {len(reused)} runs ({groups}) were taken from {sources}: the same split, test sample, epochs and "
-            "learning rates, so not run again (their wall times are the ones measured there)"]
+            "learning rates, so not run again; their wall times are the ones measured there"]
 
 
 def comparisons(summary: pd.DataFrame) -> list[str]:
@@ -682,6 +688,7 @@ def machine(info: dict[str, Any]) -> list[str]:
         lines.insert(1, f"- GPU: {info['gpu']}")
     if info.get("note"):
         lines.append(f"- {info['note']}")
+    lines += [f"- {note}" for note in info.get("notes", [])]  # remarks added to the record after the run
     return lines
 
 
@@ -753,7 +760,7 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, inf
         *fixed_split_lines(runs),
         f"- wall time: {runs['total_s'].sum() / 60:.1f} min summed over the {len(runs)} runs "
         f"({info['elapsed_min']:.1f} min for the invocation, data loading included)",
-        *reused_lines(runs),
+        *reused_lines(runs, getattr(args, "reuse_machines", {})),
         "",
         "Chosen settings per run and every score: `" + Path(args.runs_file).name + "`.",
         "",
@@ -909,6 +916,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = read_runs(runs_path).to_dict("records") if args.resume else []
     done = {run_key(r) for r in rows}
     reused = reuse_runs(args.reuse, settings)
+    args.reuse_machines = {}
+    for path in map(Path, args.reuse):
+        meta = path.with_name(path.name.removesuffix("_runs.csv") + "_meta.json")
+        if meta.exists():
+            args.reuse_machines[path.name] = json.loads(meta.read_text())
     try:
         data_root(args.data_dir)
     except FileNotFoundError as error:
