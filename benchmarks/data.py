@@ -348,7 +348,8 @@ def describe_split(task: str, k: int) -> str:
     if k == 16:
         source = "FewGLUE's fixed train / dev32 split" if spec.fixed_split else f"{spec.folder}/16-<seed> train / {spec.dev_name}"
     elif spec.pool is None:
-        source = f"K={k} per class sampled (seeded) from the seed's 16-shot train + dev (FewGLUE: train + dev32)"
+        pool = "FewGLUE's train + dev32" if spec.fixed_split else "the seed's 16-shot train + dev"
+        source = f"K={k} per class sampled (seeded) from {pool}"
     else:
         source = f"K={k} per class sampled (seeded) from {spec.pool}"
     test = {

@@ -542,7 +542,7 @@ def comparisons(summary: pd.DataFrame) -> list[str]:
             continue
         best_ours = max(ours, key=lambda m: by[m]["mean"])
         best_theirs = max(theirs, key=lambda m: by[m]["mean"])
-        gap = 100 * (by[best_ours]["mean"] - by[best_theirs]["mean"])
+        gap = round(100 * (by[best_ours]["mean"] - by[best_theirs]["mean"]), 1)  # as shown
         verdict = "beats" if gap > 0 else "loses to" if gap < 0 else "ties with"
         losses = [f"{m} < {b}" for m in ours for b in theirs if by[m]["mean"] < by[b]["mean"]]
         lines.append(
