@@ -4,9 +4,9 @@
 buys, run the same units twice at the same time on the same machine, each invocation with one
 torch thread, then compare::
 
-    python benchmarks/fewshot.py --tasks sst2 trec rte cb --seeds 13 21 --methods prompt head+prompt full finetune \\
+    python benchmarks/fewshot.py --tasks sst2 trec cb --seeds 13 21 --methods prompt head+prompt full finetune \\
         --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv --threads 1 --name patience_off &
-    python benchmarks/fewshot.py --tasks sst2 trec rte cb --seeds 13 21 --methods prompt head+prompt full finetune \\
+    python benchmarks/fewshot.py --tasks sst2 trec cb --seeds 13 21 --methods prompt head+prompt full finetune \\
         --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv --threads 1 --name patience_5 --patience 5 &
     wait
     python benchmarks/compare_runs.py benchmarks/results/patience_off_runs.csv benchmarks/results/patience_5_runs.csv \\
