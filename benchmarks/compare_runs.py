@@ -20,6 +20,7 @@ first, and the median of the per-run ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot import RESULTS, headline, read_runs  # noqa: E402
+from fewshot import RESULTS, headline, k_label, read_runs  # noqa: E402
 
 KEY = ["task", "k", "seed", "method"]
 
@@ -52,6 +53,8 @@ def table(both: pd.DataFrame, by: list[str]) -> list[str]:
              "| time, second (s) | time ratio |", "|---" * (len(by) + 7) + "|"]
     for key, group in both.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
+        if by == ["task", "k"]:
+            key = (key[0], k_label(*key))
         diff = 100 * (group["score_b"] - group["score_a"]).mean()
         ta, tb = group["total_s_a"].sum(), group["total_s_b"].sum()
         lines.append(f"| {' | '.join(map(str, key))} | {len(group)} | {100 * group['score_a'].mean():.1f} "
@@ -59,12 +62,22 @@ def table(both: pd.DataFrame, by: list[str]) -> list[str]:
     return lines
 
 
+def machine_line(path: Path) -> str:
+    """Where and when a runs file's invocation ran, from its ``_meta.json`` if there is one."""
+    meta = path.with_name(path.name.removesuffix("_runs.csv") + "_meta.json")
+    if not meta.exists():
+        return f"- `{path.name}`: no record of its machine"
+    info = json.loads(meta.read_text())
+    return (f"- `{path.name}`: {info['cpu']}, {info['threads']} torch thread(s), {info['elapsed_min']:.1f} min, "
+            f"finished {info['date']}")
+
+
 def report(both: pd.DataFrame, first: Path, second: Path, command: str) -> str:
     ratio = both["total_s_b"].sum() / both["total_s_a"].sum()
     median = float(np.median(both["total_s_b"] / both["total_s_a"]))
     diff = 100 * (both["score_b"] - both["score_a"]).mean()
     settings = {
-        name: ", ".join(f"{c}={v if v != '' else 'none'}" for c in ("epochs", "patience", "n_test") for v in [runs[c].iloc[0]])
+        name: ", ".join(f"{c}={v if v != '' else 'none'}" for c in ("epochs", "patience") for v in [runs[c].iloc[0]])
         for name, runs in (("first", both.filter(regex="_a$").rename(columns=lambda c: c[:-2])),
                            ("second", both.filter(regex="_b$").rename(columns=lambda c: c[:-2])))
     }
@@ -76,6 +89,11 @@ def report(both: pd.DataFrame, first: Path, second: Path, command: str) -> str:
         "",
         f"- score: second minus first, mean over runs: **{diff:+.1f} points**",
         f"- wall time: second / first, summed over runs: **{ratio:.2f}**; median of the per-run ratios {median:.2f}",
+        "",
+        "## Machines",
+        "",
+        machine_line(first),
+        machine_line(second),
         "",
         "## Per method",
         "",
