@@ -20,7 +20,6 @@ first, and the median of the per-run ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot import RESULTS, headline, k_label, read_runs  # noqa: E402
+from fewshot import RESULTS, headline, k_label, read_meta, read_runs  # noqa: E402
 
 KEY = ["task", "k", "seed", "method"]
 
@@ -64,10 +63,9 @@ def table(both: pd.DataFrame, by: list[str]) -> list[str]:
 
 def machine_line(path: Path) -> str:
     """Where and when a runs file's invocation ran, from its ``_meta.json`` if there is one."""
-    meta = path.with_name(path.name.removesuffix("_runs.csv") + "_meta.json")
-    if not meta.exists():
+    info = read_meta(path)
+    if info is None:
         return f"- `{path.name}`: no record of its machine"
-    info = json.loads(meta.read_text())
     return (f"- `{path.name}`: {info['cpu']}, {info['threads']} torch thread(s), {info['elapsed_min']:.1f} min, "
             f"finished {info['date']}")
 

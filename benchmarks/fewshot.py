@@ -111,6 +111,11 @@ class Settings:
     patience: int | None = None  # early stopping on dev for every trained method (None: all epochs)
 
     @property
+    def patience_label(self) -> str:
+        """Patience as the runs file records it ("" for none)."""
+        return "" if self.patience is None else str(self.patience)
+
+    @property
     def amp(self) -> bool:
         return self.device.startswith("cuda")
 
@@ -417,7 +422,7 @@ def run_method(split: Split, method: str, settings: Settings) -> dict[str, Any]:
         "n_dev": len(split.dev),
         "n_test": len(split.test),
         "epochs": settings.epochs,
-        "patience": "" if settings.patience is None else settings.patience,
+        "patience": settings.patience_label,
     }
 
 
@@ -425,6 +430,17 @@ def run_method(split: Split, method: str, settings: Settings) -> dict[str, Any]:
 
 RUN_COLUMNS = ["task", "k", "seed", "method", "accuracy", "f1", "dev_accuracy", "chosen", "grid", "fit_s", "total_s",
                "n_train", "n_dev", "n_test", "epochs", "patience", "source"]
+
+
+def meta_path(runs_path: Path) -> Path:
+    """The ``_meta.json`` record beside a ``<name>_runs.csv``."""
+    return runs_path.with_name(runs_path.name.removesuffix("_runs.csv") + "_meta.json")
+
+
+def read_meta(runs_path: Path) -> dict[str, Any] | None:
+    """The machine record of the invocation that wrote a runs file, if there is one."""
+    path = meta_path(runs_path)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_runs(path: Path) -> pd.DataFrame:
@@ -513,8 +529,6 @@ def fixed_split_lines(runs: pd.DataFrame) -> list[str]:
 
 def reused_lines(runs: pd.DataFrame, machines: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """A line naming the runs taken from another runs file (``--reuse``), if any, and where they ran."""
-    if "source" not in runs.columns:
-        return []
     reused = runs[runs["source"].astype(str) != ""]
     if reused.empty:
         return []
@@ -686,9 +700,7 @@ def machine(info: dict[str, Any]) -> list[str]:
     ]
     if info.get("gpu"):
         lines.insert(1, f"- GPU: {info['gpu']}")
-    if info.get("note"):
-        lines.append(f"- {info['note']}")
-    lines += [f"- {note}" for note in info.get("notes", [])]  # remarks added to the record after the run
+    lines += [f"- {note}" for note in info.get("notes", [])]  # remarks on the record, some added after the run
     return lines
 
 
@@ -871,7 +883,8 @@ def run_unit(task: str, k: int, seed: int, methods: Sequence[str], settings: Set
     split = Split(task, seed, k, train, dev, test)
     rows = []
     for method in methods:
-        key = (task, k, seed, method, args.epochs, len(test), "" if args.patience is None else str(args.patience))
+        key = run_key({"task": task, "k": k, "seed": seed, "method": method, "epochs": settings.epochs,
+                       "n_test": len(test), "patience": settings.patience_label})
         if key in done:
             continue
         if key in reused:
@@ -912,15 +925,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     out_dir = Path(args.out_dir)
     runs_path = Path(args.runs_file)
-    meta_path = out_dir / f"{args.stem}_meta.json"
     rows = read_runs(runs_path).to_dict("records") if args.resume else []
     done = {run_key(r) for r in rows}
     reused = reuse_runs(args.reuse, settings)
-    args.reuse_machines = {}
-    for path in map(Path, args.reuse):
-        meta = path.with_name(path.name.removesuffix("_runs.csv") + "_meta.json")
-        if meta.exists():
-            args.reuse_machines[path.name] = json.loads(meta.read_text())
+    args.reuse_machines = {Path(p).name: info for p in args.reuse if (info := read_meta(Path(p))) is not None}
     try:
         data_root(args.data_dir)
     except FileNotFoundError as error:
@@ -960,14 +968,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       & everything["k"].isin(args.k) & everything["method"].isin(args.methods)]
     args.missing_runs = len(order) - len(runs)
     elapsed = time.perf_counter() - start
-    if args.report_only and meta_path.exists():
-        info = json.loads(meta_path.read_text())
-    else:
+    info = read_meta(runs_path) if args.report_only else None
+    if info is None:
         info = run_info(settings, load_before, args.jobs, elapsed)
         if args.report_only:
-            info["note"] = "report written with --report-only; no record of the machine the runs were made on"
+            info["notes"] = ["report written with --report-only; no record of the machine the runs were made on"]
         else:
-            meta_path.write_text(json.dumps(info, indent=1) + "\n")
+            meta_path(runs_path).write_text(json.dumps(info, indent=1) + "\n")
     (out_dir / f"{args.stem}.md").write_text(report(runs, args, settings, info, command))
     methods = [m for m in METHODS if m in args.methods]
     if args.learning_curve:

@@ -309,6 +309,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(f"X has {len(_len_check(X))} rows but y has {len(y)} labels")
         if mode != TrainMode.NONE and (X is None or (y is None and soft_labels is None)):
             raise ValueError(f"train_mode={mode.value!r} trains on labelled data: call fit(X, y)")
+        if mode != TrainMode.NONE and self.early_stopping_patience is not None and eval_set is None:
+            raise ValueError(f"early_stopping_patience={self.early_stopping_patience} watches the dev accuracy: "
+                             "pass fit(X, y, eval_set=(X_dev, y_dev))")
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
         self.template_ = template
         self.verbalizer_ = verbalizer

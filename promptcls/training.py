@@ -255,9 +255,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     cache = eval_cache = None
-    patience = clf.early_stopping_patience
-    if patience is not None and eval_set is None:
-        raise ValueError(f"early_stopping_patience={patience} watches the dev accuracy: pass fit(X, y, eval_set=(X_dev, y_dev))")
+    patience = clf.early_stopping_patience  # fit checked that an eval_set comes with it
     if eval_set is not None:
         eval_rows = to_rows(eval_set[0], model.template.fields, clf.columns)
         eval_y = np.asarray(list(eval_set[1]))
