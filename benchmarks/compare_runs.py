@@ -70,15 +70,31 @@ def machine_line(path: Path) -> str:
             f"finished {info['date']}")
 
 
+def describe(runs: pd.DataFrame) -> str:
+    """The settings of one side's runs: epochs, patience, test sizes, prompts (where they vary, every value)."""
+    def values(column: str) -> str:
+        if column not in runs.columns:
+            return "none"
+        seen = sorted({str(v) for v in runs[column]}, key=lambda v: (len(v), v))
+        return "/".join(v if v != "" else "none" for v in seen)
+
+    chosen = int((runs["prompt"] != "").sum()) if "prompt" in runs.columns else 0
+    return (f"epochs={values('epochs')}, patience={values('patience')}, test n up to {int(runs['n_test'].max())}, "
+            f"{chosen} runs with a dev-chosen prompt instead of the catalogue default")
+
+
 def report(both: pd.DataFrame, first: Path, second: Path, command: str) -> str:
     ratio = both["total_s_b"].sum() / both["total_s_a"].sum()
     median = float(np.median(both["total_s_b"] / both["total_s_a"]))
     diff = 100 * (both["score_b"] - both["score_a"]).mean()
     settings = {
-        name: ", ".join(f"{c}={v if v != '' else 'none'}" for c in ("epochs", "patience") for v in [runs[c].iloc[0]])
+        name: describe(runs)
         for name, runs in (("first", both.filter(regex="_a$").rename(columns=lambda c: c[:-2])),
                            ("second", both.filter(regex="_b$").rename(columns=lambda c: c[:-2])))
     }
+    machines = {info.get("cpu") for path in (first, second) if (info := read_meta(path)) is not None}
+    caveat = (["", "**The two files ran on different CPUs** (below): the time ratio compares the machines as well "
+               "as the settings."] if len(machines) > 1 else [])
     return "\n".join([
         f"# `{second.name}` against `{first.name}`",
         "",
@@ -87,6 +103,7 @@ def report(both: pd.DataFrame, first: Path, second: Path, command: str) -> str:
         "",
         f"- score: second minus first, mean over runs: **{diff:+.1f} points**",
         f"- wall time: second / first, summed over runs: **{ratio:.2f}**; median of the per-run ratios {median:.2f}",
+        *caveat,
         "",
         "## Machines",
         "",

@@ -20,21 +20,40 @@ with the run seed), so zero-shot is at chance level and the prompt-only mode ste
 
 Hyper-parameters are chosen on dev sets only. Learning rates: ``--lr METHOD=A,B`` makes a grid
 that every run searches on its own dev set; ``--lr-from PILOT_RUNS.csv`` fixes each method's rate
-to the grid value with the best mean dev accuracy in a pilot run (the committed results used a
-pilot on SST-2, SST-5 and CR, seed 13). Every trained method keeps its best epoch on dev
-(promptcls ``eval_set``; the same rule in the fine-tuning loop); logreg picks C from
-``LOGREG_C`` on dev. The test set is used once, for the final score. Scores: accuracy, F1 of the
-positive class for MRPC; mean and sample standard deviation (ddof=1) over seeds. Wall time per
-run: fitting (grid and dev evaluation included) plus scoring the test set, seconds.
+to the grid value with the best mean dev accuracy in a pilot run (pilots on SST-2, SST-5 and CR,
+seed 13). Templates and label words: the catalogue default of each task, or with ``--prompts-from``
+the (template, verbalizer) variant that ``prompt_pilot.py`` chose on the dev sets. Every trained
+method keeps its best epoch on dev (promptcls ``eval_set``; the same rule in the fine-tuning loop);
+logreg picks C from ``LOGREG_C`` on dev. The test set is used once, for the final score. Scores:
+accuracy, F1 of the positive class for MRPC; mean and sample standard deviation (ddof=1) over seeds.
+Wall time per run: fitting (grid and dev evaluation included) plus scoring the test set, seconds.
+
+Two profiles. The full run trains 20 epochs and scores test sets of up to 1000 examples; on 2 cores
+it takes about 2.5 hours. ``--budget`` is the same benchmark in about an hour: 6 epochs for the
+methods that run the encoder at every step (prompt, head+prompt, full, finetune) and test sets of
+up to 500. Head mode caches the encoder's mask states, so its epochs cost next to nothing, and it
+trains 20 epochs in both profiles (``--head-epochs``).
 
 Run (from the repository root; ``--jobs 2`` runs two task x seed units side by side, one torch
 thread each, which on 2 cores gets through about 1.45 times as many runs as one 2-thread process)::
 
-    # 1. the learning-rate pilot (dev scores only count)
+    # the budget run (about an hour on 2 cores):
+    # 1. its learning-rate pilot (dev scores only count)
+    python benchmarks/fewshot.py --budget --tasks sst2 sst5 cr --seeds 13 --max-test 50 --jobs 2 \
+        --methods head prompt head+prompt full finetune --name fewshot_budget_lr_pilot \
+        --lr head=1e-3,1e-2 prompt=3e-3,3e-2 head+prompt=1e-3,1e-2 full=2e-5,1e-4 finetune=2e-5,1e-4
+    # 2. each task's template and label words, chosen on dev (head mode, every catalogue variant)
+    python benchmarks/prompt_pilot.py --jobs 2 --lr-from benchmarks/results/fewshot_budget_lr_pilot_runs.csv
+    # 3. the benchmark: 9 tasks x 5 seeds, K = 16 (FewGLUE's 32 for BoolQ and CB)
+    python benchmarks/fewshot.py --budget --jobs 2 --lr-from benchmarks/results/fewshot_budget_lr_pilot_runs.csv \
+        --prompts-from benchmarks/results/prompt_pilot_runs.csv
+
+    # the full run (20 epochs, catalogue default prompts):
+    # 1. the learning-rate pilot
     python benchmarks/fewshot.py --tasks sst2 sst5 cr --seeds 13 --max-test 50 --jobs 2 \
         --methods head prompt head+prompt full finetune --name fewshot_lr_pilot \
         --lr head=1e-3,1e-2 prompt=3e-3,3e-2 head+prompt=1e-3,1e-2 full=2e-5,1e-4 finetune=2e-5,1e-4
-    # 2. the benchmark: 9 tasks x 5 seeds, K = 16 (FewGLUE's 32 for BoolQ and CB)
+    # 2. the benchmark
     python benchmarks/fewshot.py --jobs 2 --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv
     # 3. 8 per class, next to SetFit's published numbers
     python benchmarks/fewshot.py --jobs 2 --lr-from benchmarks/results/fewshot_lr_pilot_runs.csv --tasks sst5 cr agnews --k 8
@@ -48,7 +67,7 @@ Writes ``benchmarks/results/<name>.md``, ``<name>.png``, ``<name>_runs.csv`` (on
 run, written as runs finish; ``--resume`` skips runs already there; ``--reuse FILE`` takes equal
 runs from another file) and ``<name>_meta.json`` (machine, load, date and wall time of the
 invocation, which ``--report-only`` reuses); the name is ``fewshot``, ``fewshot_k8`` (other K),
-``fewshot_curve`` or ``--name``.
+``fewshot_curve`` (``fewshot_budget*`` with ``--budget``) or ``--name``.
 """
 
 from __future__ import annotations
@@ -92,6 +111,11 @@ SETFIT_8_SHOT = {"sst5": 29.8, "cr": 71.6, "agnews": 83.1}
 # test sets are capped at 1000 examples (the loader allows MAX_TEST = 2000): scoring 2000 examples seven
 # times per task x seed would take about a third of the 2-core budget; 1000 keeps the standard error under 1.6 points
 FULL_DEFAULTS = {"epochs": 20, "max_test": 1000}
+# --budget: the whole benchmark in about an hour on 2 cores. Epochs of the methods that run the encoder at
+# every step are what the hour buys; head mode caches the encoder's mask states, so its epochs are nearly
+# free and it keeps the full run's count (HEAD_EPOCHS) in both profiles.
+BUDGET_DEFAULTS = {"epochs": 6, "max_test": 500}
+HEAD_EPOCHS = 20
 TRAIN_BATCH = 8
 SCORE_BATCH = 32
 
@@ -109,6 +133,22 @@ class Settings:
     device: str
     learning_rates: dict[str, tuple[float, ...]]
     patience: int | None = None  # early stopping on dev for every trained method (None: all epochs)
+    head_epochs: int = HEAD_EPOCHS
+    # catalogue task -> (template variant, verbalizer variant) chosen on dev (prompt_pilot.py); others: defaults
+    prompts: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+
+    def prompt_for(self, catalogue_task: str) -> tuple[str, str]:
+        """The (template, verbalizer) variant names every promptcls method of a task uses."""
+        return self.prompts.get(catalogue_task) or default_prompt(catalogue_task)
+
+    def prompt_label(self, catalogue_task: str) -> str:
+        """The prompt as the runs file records it: "" for the catalogue defaults, else "template|verbalizer"."""
+        chosen = self.prompt_for(catalogue_task)
+        return "" if chosen == default_prompt(catalogue_task) else "|".join(chosen)
+
+    def epochs_for(self, method: str) -> int:
+        """Epochs of ``method``: head mode has its own count (its epochs do not run the encoder)."""
+        return self.head_epochs if method == "head" else self.epochs
 
     @property
     def patience_label(self) -> str:
@@ -212,9 +252,23 @@ def encode_pairs(tokenizer, frame: pd.DataFrame, fields: list[str], max_length: 
     return tokenizer(*columns[:2], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
 
-def batches(frame: pd.DataFrame, size: int):
+def batches_by_length(frame: pd.DataFrame, fields: list[str], size: int):
+    """(positions, chunk) batches of ``frame`` longest first, so each pads to texts of similar length
+    (promptcls's own scoring batches the same way); ``positions`` index ``frame``'s rows."""
+    chars = sum(frame[f].astype(str).str.len().to_numpy() for f in fields)
+    order = np.argsort(-chars, kind="stable")
     for start in range(0, len(frame), size):
-        yield frame.iloc[start : start + size]
+        positions = order[start : start + size]
+        yield positions, frame.iloc[positions]
+
+
+def in_frame_order(parts: list[tuple[np.ndarray, Any]], n: int) -> list[Any]:
+    """The ``(positions, outputs)`` of ``batches_by_length`` chunks as one list in frame order."""
+    out: list[Any] = [None] * n
+    for positions, values in parts:
+        for position, value in zip(positions.tolist(), values, strict=True):
+            out[position] = value
+    return out
 
 
 def autocast(settings: Settings):
@@ -228,11 +282,42 @@ def autocast(settings: Settings):
 # ---------------------------------------------------------------------------- promptcls methods
 
 
-def prompt_template(split: Split, method: str) -> str:
+def default_prompt(catalogue_task: str) -> tuple[str, str]:
+    """The catalogue's default (template, verbalizer) variant names of a task."""
     from promptcls.catalogue import task_entry
 
-    entry = task_entry(split.spec.catalogue)["templates"]
-    template = entry["templates"][entry["default"]]["template"]
+    entry = task_entry(catalogue_task)
+    return entry["templates"]["default"], entry["verbalizers"]["default"]
+
+
+def prompt_variants(catalogue_task: str) -> list[tuple[str, str]]:
+    """Every (template, verbalizer) pair the catalogue publishes for a task, the default first.
+
+    A template goes with the verbalizer of its own name, else with the longest verbalizer name its name
+    starts with (``openprompt-2`` -> ``openprompt``, ``lmbff-auto-t-42`` -> ``lmbff``: the papers
+    searched templates with their manual words), else with the default verbalizer. Verbalizers left
+    over (``lmbff-auto-l-42``: words searched for the manual template) go with the default template.
+    """
+    from promptcls.catalogue import task_entry
+
+    entry = task_entry(catalogue_task)
+    default_template, default_verbalizer = default_prompt(catalogue_task)
+    verbalizers = list(entry["verbalizers"]["verbalizers"])
+    pairs = []
+    for template in entry["templates"]["templates"]:
+        prefixes = [v for v in verbalizers if template == v or template.startswith(v + "-")]
+        pairs.append((template, max(prefixes, key=len) if prefixes else default_verbalizer))
+    used = {v for _, v in pairs}
+    pairs += [(default_template, v) for v in verbalizers if v not in used]
+    default = (default_template, default_verbalizer)
+    return [default] + [p for p in dict.fromkeys(pairs) if p != default]
+
+
+def prompt_template(split: Split, method: str, settings: Settings) -> str:
+    from promptcls.catalogue import task_entry
+
+    variant = settings.prompt_for(split.spec.catalogue)[0]
+    template = task_entry(split.spec.catalogue)["templates"]["templates"][variant]["template"]
     return SOFT_PREFIX + template if method in SOFT_MODES else template
 
 
@@ -246,8 +331,8 @@ def prompt_classifier(split: Split, method: str, lr: float | None, settings: Set
         rates["learning_rate"] = lr
     return PromptClassifier(
         mlm,
-        prompt_template(split, method),
-        load_verbalizer(split.spec.catalogue),
+        prompt_template(split, method, settings),
+        load_verbalizer(split.spec.catalogue, settings.prompt_for(split.spec.catalogue)[1]),
         tokenizer=tokenizer,
         train_mode=PROMPT_METHODS[method],
         max_length=settings.max_length,
@@ -255,7 +340,7 @@ def prompt_classifier(split: Split, method: str, lr: float | None, settings: Set
         device=settings.device,
         random_state=split.seed,
         progress=False,
-        epochs=settings.epochs,
+        epochs=settings.epochs_for(method),
         train_batch_size=TRAIN_BATCH,
         mixed_precision="bf16" if settings.amp else "no",
         early_stopping_patience=settings.patience if PROMPT_METHODS[method] != "none" else None,
@@ -303,13 +388,13 @@ def classify(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Sett
     import torch
 
     model.eval()
-    out = []
+    parts = []
     with torch.inference_mode(), autocast(settings):
-        for chunk in batches(frame, SCORE_BATCH):
+        for positions, chunk in batches_by_length(frame, split.fields, SCORE_BATCH):
             batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
-            out.append(model(**batch).logits.float().argmax(-1).cpu())
+            parts.append((positions, model(**batch).logits.float().argmax(-1).cpu().tolist()))
     labels = np.asarray(split.spec.labels, dtype=object)
-    return labels[torch.cat(out).numpy()] if out else labels[:0]
+    return labels[np.asarray(in_frame_order(parts, len(frame)), dtype=int)]
 
 
 def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
@@ -324,7 +409,9 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     ).to(settings.device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    # fused, as promptcls's own optimizer: the same update in one kernel per step
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=lr, fused=True)
     steps_per_epoch = math.ceil(len(split.train) / TRAIN_BATCH)
     scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
     targets = label_ids(split, split.train)
@@ -356,15 +443,15 @@ def embed(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Setting
     import torch
 
     model.eval()
-    out = []
+    parts = []
     with torch.inference_mode(), autocast(settings):
-        for chunk in batches(frame, SCORE_BATCH):
+        for positions, chunk in batches_by_length(frame, split.fields, SCORE_BATCH):
             batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
             hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
-    return torch.cat(out).numpy()
+            parts.append((positions, torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()))
+    return np.stack(in_frame_order(parts, len(frame)))
 
 
 def fit_logreg(split: Split, settings: Settings) -> Outcome:
@@ -421,15 +508,16 @@ def run_method(split: Split, method: str, settings: Settings) -> dict[str, Any]:
         "n_train": len(split.train),
         "n_dev": len(split.dev),
         "n_test": len(split.test),
-        "epochs": settings.epochs,
+        "epochs": settings.epochs_for(method),
         "patience": settings.patience_label,
+        "prompt": settings.prompt_label(split.spec.catalogue) if method in PROMPT_METHODS else "",
     }
 
 
 # ---------------------------------------------------------------------------- runs file
 
 RUN_COLUMNS = ["task", "k", "seed", "method", "accuracy", "f1", "dev_accuracy", "chosen", "grid", "fit_s", "total_s",
-               "n_train", "n_dev", "n_test", "epochs", "patience", "source"]
+               "n_train", "n_dev", "n_test", "epochs", "patience", "prompt", "source"]
 
 
 def meta_path(runs_path: Path) -> Path:
@@ -446,8 +534,9 @@ def read_meta(runs_path: Path) -> dict[str, Any] | None:
 def read_runs(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=RUN_COLUMNS)
-    runs = pd.read_csv(path, keep_default_na=False, dtype={"patience": str, "source": str})
-    return runs.assign(**{column: "" for column in ("patience", "source") if column not in runs.columns})
+    optional = ("patience", "prompt", "source")  # columns that older runs files lack: "" (none, defaults, here)
+    runs = pd.read_csv(path, keep_default_na=False, dtype=dict.fromkeys(optional, str))
+    return runs.assign(**{column: "" for column in optional if column not in runs.columns})
 
 
 def write_runs(rows: list[dict[str, Any]], path: Path) -> None:
@@ -460,7 +549,7 @@ def write_runs(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run_key(row: dict[str, Any]) -> tuple:
     return (str(row["task"]), int(row["k"]), int(row["seed"]), str(row["method"]), int(row["epochs"]), int(row["n_test"]),
-            str(row.get("patience", "")))
+            str(row.get("patience", "")), str(row.get("prompt", "")))
 
 
 def reusable(row: dict[str, Any], settings: Settings) -> bool:
@@ -712,10 +801,13 @@ def partial_reasons(args: argparse.Namespace) -> list[str]:
         reasons.append(f"tasks {', '.join(args.tasks)} only (of {', '.join(required)})")
     if set(args.seeds) != set(SEEDS):
         reasons.append(f"seeds {', '.join(map(str, args.seeds))} only (of {', '.join(map(str, SEEDS))})")
-    if args.max_test is not None and args.max_test < FULL_DEFAULTS["max_test"]:
-        reasons.append(f"test sets subsampled to at most {args.max_test} examples (full run: {FULL_DEFAULTS['max_test']})")
-    if args.epochs < FULL_DEFAULTS["epochs"]:
-        reasons.append(f"{args.epochs} epochs per trained method (full run: {FULL_DEFAULTS['epochs']})")
+    profile, name = (BUDGET_DEFAULTS, "--budget run") if args.budget else (FULL_DEFAULTS, "full run")
+    if args.max_test < profile["max_test"]:
+        reasons.append(f"test sets subsampled to at most {args.max_test} examples ({name}: {profile['max_test']})")
+    if args.epochs < profile["epochs"]:
+        reasons.append(f"{args.epochs} epochs per trained method ({name}: {profile['epochs']})")
+    if args.head_epochs < HEAD_EPOCHS:
+        reasons.append(f"{args.head_epochs} epochs for head mode ({name}: {HEAD_EPOCHS})")
     if set(args.methods) != set(METHODS):
         reasons.append(f"methods {', '.join(args.methods)} only")
     if getattr(args, "missing_runs", 0) > 0:
@@ -756,8 +848,9 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, inf
         "## Setup",
         "",
         f"- seeds: {', '.join(map(str, args.seeds))}; K (examples per class): {', '.join(map(str, args.k))}",
-        f"- epochs: {settings.epochs} for every trained method (promptcls modes and the fine-tuning baseline), "
-        f"batch {TRAIN_BATCH}, best dev epoch kept"
+        f"- epochs: {settings.epochs} for every trained method that runs the encoder at each step (prompt, "
+        f"head+prompt, full and the fine-tuning baseline), {settings.head_epochs} for head (which caches the "
+        f"encoder's mask states once); batch {TRAIN_BATCH}, best dev epoch kept"
         + (f", stopped after {settings.patience} epochs without a better dev accuracy" if settings.patience else "")
         + f"; max length {settings.max_length} tokens for every method",
         "- learning rates (a comma list is a dev grid): "
@@ -765,7 +858,8 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, inf
         + ("; head+prompt's prompt 3e-3 (promptcls default)" if "head+prompt" in methods else ""),
         *([""] + args.pilot_lines if args.pilot_lines else []),
         f"- logreg: C from {', '.join(f'{c:g}' for c in LOGREG_C)} chosen on dev; embeddings mean-pooled and L2-normalised",
-        f"- templates: the catalogue default of each task; prompt and head+prompt prepend `{SOFT_PREFIX.strip()}`",
+        *(args.prompt_lines or ["- templates and label words: the catalogue default of each task"]),
+        f"- prompt and head+prompt prepend `{SOFT_PREFIX.strip()}` to the template",
         f"- test sets: at most {args.max_test} examples, subsampled once with a fixed seed (0) shared by all runs; "
         "examples equal to a train / dev example removed",
         *(f"- {describe_split(task, k)}" for task in dict.fromkeys(runs["task"]) for k in args.k),
@@ -831,6 +925,19 @@ def rates_from_pilot(path: str) -> tuple[dict[str, tuple[float, ...]], list[str]
                    f"seeds {seeds}); test scores play no part:", "", *lines, ""]
 
 
+def prompts_from_pilot(path: str) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """Catalogue task -> the (template, verbalizer) that ``prompt_pilot.py`` chose on dev, and report lines."""
+    from prompt_pilot import choose
+
+    if not Path(path).exists():
+        raise SystemExit(f"--prompts-from {path}: no such file; make it with benchmarks/prompt_pilot.py")
+    chosen = choose(pd.read_csv(path))
+    prompts = {get_task(task).catalogue: pair for task, pair in chosen.items()}
+    shown = "; ".join(f"{task} `{t}` / `{v}`" for task, (t, v) in chosen.items())
+    return prompts, [f"- templates and label words chosen on dev by `{Path(path).name}` (head mode, best mean dev "
+                     f"accuracy over seeds; `prompt_pilot.md`): {shown}"]
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(BENCHMARK_TASKS), choices=list(TASKS),
@@ -838,14 +945,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--k", nargs="+", type=int, default=None, help="examples per class (default 16; curve: 4 8 16 32)")
-    parser.add_argument("--epochs", type=int, default=FULL_DEFAULTS["epochs"])
+    parser.add_argument("--budget", action="store_true",
+                        help=f"the one-hour profile: {BUDGET_DEFAULTS['epochs']} epochs for the methods that run the encoder "
+                             f"(head mode keeps {HEAD_EPOCHS}), test sets of at most {BUDGET_DEFAULTS['max_test']}; "
+                             "results named fewshot_budget*")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs of every trained method but head (default {FULL_DEFAULTS['epochs']}; "
+                             f"--budget: {BUDGET_DEFAULTS['epochs']})")
+    parser.add_argument("--head-epochs", type=int, default=HEAD_EPOCHS, help="epochs of head mode")
     parser.add_argument("--patience", type=int, default=None,
                         help="early stopping: end a trained run after this many epochs without a better dev accuracy "
                              "(promptcls early_stopping_patience; the same rule in the fine-tuning loop)")
     parser.add_argument("--lr", nargs="*", default=[], metavar="METHOD=V[,V]", help="learning rates; a list is a dev grid")
     parser.add_argument("--lr-from", default=None, metavar="RUNS_CSV",
                         help="take each method's learning rate from a pilot run's dev grid (best mean dev accuracy)")
-    parser.add_argument("--max-test", type=int, default=FULL_DEFAULTS["max_test"])
+    parser.add_argument("--prompts-from", default=None, metavar="RUNS_CSV",
+                        help="each task's template and label words as prompt_pilot.py chose them on dev "
+                             "(default: the catalogue defaults)")
+    parser.add_argument("--max-test", type=int, default=None,
+                        help=f"test examples per task, subsampled with a fixed seed (default {FULL_DEFAULTS['max_test']}; "
+                             f"--budget: {BUDGET_DEFAULTS['max_test']})")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per input, every method (MiniLM was trained at 256)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda when present), cpu or cuda[:N]; cuda runs under bf16 autocast")
@@ -868,8 +987,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.k = args.k or (list(CURVE_K) if args.learning_curve else [16])
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    args.profile = BUDGET_DEFAULTS if args.budget else FULL_DEFAULTS
+    args.epochs = args.profile["epochs"] if args.epochs is None else args.epochs
+    args.max_test = args.profile["max_test"] if args.max_test is None else args.max_test
     stem = "fewshot_curve" if args.learning_curve else "fewshot" if args.k == [16] else "fewshot_k" + "_".join(map(str, args.k))
-    stem = args.name or stem
+    stem = args.name or (stem.replace("fewshot", "fewshot_budget", 1) if args.budget else stem)
     args.stem = stem
     args.runs_file = str(Path(args.out_dir) / f"{stem}_runs.csv")
     return args
@@ -883,8 +1005,9 @@ def run_unit(task: str, k: int, seed: int, methods: Sequence[str], settings: Set
     split = Split(task, seed, k, train, dev, test)
     rows = []
     for method in methods:
-        key = run_key({"task": task, "k": k, "seed": seed, "method": method, "epochs": settings.epochs,
-                       "n_test": len(test), "patience": settings.patience_label})
+        key = run_key({"task": task, "k": k, "seed": seed, "method": method, "epochs": settings.epochs_for(method),
+                       "n_test": len(test), "patience": settings.patience_label,
+                       "prompt": settings.prompt_label(get_task(task).catalogue) if method in PROMPT_METHODS else ""})
         if key in done:
             continue
         if key in reused:
@@ -918,7 +1041,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lr_from:
         pilot_rates, args.pilot_lines = rates_from_pilot(args.lr_from)
         rates = {**pilot_rates, **{m: v for m, v in rates.items() if any(i.startswith(m + "=") for i in args.lr)}}
-    settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, rates, args.patience)
+    prompts, args.prompt_lines = prompts_from_pilot(args.prompts_from) if args.prompts_from else ({}, [])
+    settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, rates, args.patience,
+                        args.head_epochs, prompts)
     given = list(argv if argv is not None else sys.argv[1:])
     # the report's command is the one that (re)makes the runs: without --report-only
     command = "python benchmarks/fewshot.py " + shlex.join([a for a in given if a != "--report-only"])

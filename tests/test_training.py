@@ -255,3 +255,26 @@ def test_early_stopping_needs_a_dev_set_and_a_positive_patience(trainable_bert):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="early_stopping_patience must be a positive integer or None"):
             make(trainable_bert, "head", early_stopping_patience=bad).fit(X, Y, eval_set=(DEV_X, DEV_Y))
+
+
+def test_optimizer_is_fused_and_falls_back_where_the_kernel_is_missing(monkeypatch):
+    from promptcls import training
+
+    weight, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3))
+    optimizer = training._optimizer({"w": weight, "b": bias}, {}, 1e-3, None, 0.01)
+    assert optimizer.defaults["fused"] is True
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]  # no decay on biases and norms
+
+    plain = torch.optim.AdamW
+
+    def no_fused_kernel(groups, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return plain(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
+    optimizer = training._optimizer({"w": weight, "b": bias}, {}, 1e-3, None, 0.01)
+    assert not optimizer.defaults["fused"]
+    weight.grad, bias.grad = torch.ones_like(weight), torch.ones_like(bias)
+    optimizer.step()
+    assert (weight < 1).all()
