@@ -136,6 +136,7 @@ class Settings:
     head_epochs: int = HEAD_EPOCHS
     # catalogue task -> (template variant, verbalizer variant) chosen on dev (prompt_pilot.py); others: defaults
     prompts: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    head_lr: float | None = None  # full mode's MLM-head rate (promptcls head_learning_rate); None: the model's
 
     def prompt_for(self, catalogue_task: str) -> tuple[str, str]:
         """The (template, verbalizer) variant names every promptcls method of a task uses."""
@@ -329,6 +330,8 @@ def prompt_classifier(split: Split, method: str, lr: float | None, settings: Set
         rates["prompt_learning_rate"] = lr
     elif lr is not None:
         rates["learning_rate"] = lr
+    if method == "full" and settings.head_lr is not None:
+        rates["head_learning_rate"] = settings.head_lr
     return PromptClassifier(
         mlm,
         prompt_template(split, method, settings),
@@ -361,7 +364,10 @@ def fit_prompt(split: Split, method: str, settings: Settings, lr: float | None) 
     else:
         clf.fit(split.train[fields], split.train["label"].tolist(), eval_set=(split.dev[fields], split.dev["label"].tolist()))
         dev = max(log["eval_accuracy"] for log in clf.history_)
-    return Outcome(lambda frame: clf.predict(frame[fields]), dev, f"lr={lr:g}" if lr is not None else "-")
+    chosen = f"lr={lr:g}" if lr is not None else "-"
+    if clf.head_learning_rate is not None:
+        chosen += f",head_lr={clf.head_learning_rate:g}"
+    return Outcome(lambda frame: clf.predict(frame[fields]), dev, chosen)
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -855,7 +861,8 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, inf
         + f"; max length {settings.max_length} tokens for every method",
         "- learning rates (a comma list is a dev grid): "
         + ", ".join(f"{m} {'/'.join(f'{v:g}' for v in settings.learning_rates[m])}" for m in DEFAULT_LR if m in methods)
-        + ("; head+prompt's prompt 3e-3 (promptcls default)" if "head+prompt" in methods else ""),
+        + ("; head+prompt's prompt 3e-3 (promptcls default)" if "head+prompt" in methods else "")
+        + (f"; full mode's MLM head at {settings.head_lr:g} (`head_learning_rate`)" if settings.head_lr else ""),
         *([""] + args.pilot_lines if args.pilot_lines else []),
         f"- logreg: C from {', '.join(f'{c:g}' for c in LOGREG_C)} chosen on dev; embeddings mean-pooled and L2-normalised",
         *(args.prompt_lines or ["- templates and label words: the catalogue default of each task"]),
@@ -959,6 +966,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", nargs="*", default=[], metavar="METHOD=V[,V]", help="learning rates; a list is a dev grid")
     parser.add_argument("--lr-from", default=None, metavar="RUNS_CSV",
                         help="take each method's learning rate from a pilot run's dev grid (best mean dev accuracy)")
+    parser.add_argument("--head-lr", type=float, default=None,
+                        help="full mode: the MLM head's own learning rate (promptcls head_learning_rate)")
     parser.add_argument("--prompts-from", default=None, metavar="RUNS_CSV",
                         help="each task's template and label words as prompt_pilot.py chose them on dev "
                              "(default: the catalogue defaults)")
@@ -1043,7 +1052,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates = {**pilot_rates, **{m: v for m, v in rates.items() if any(i.startswith(m + "=") for i in args.lr)}}
     prompts, args.prompt_lines = prompts_from_pilot(args.prompts_from) if args.prompts_from else ({}, [])
     settings = Settings(offline_encoder_path(), args.epochs, args.max_length, args.device, rates, args.patience,
-                        args.head_epochs, prompts)
+                        args.head_epochs, prompts, args.head_lr)
     given = list(argv if argv is not None else sys.argv[1:])
     # the report's command is the one that (re)makes the runs: without --report-only
     command = "python benchmarks/fewshot.py " + shlex.join([a for a in given if a != "--report-only"])

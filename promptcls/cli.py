@@ -196,6 +196,8 @@ def cmd_train(args) -> None:
     extra = {"epochs": args.epochs, "random_state": args.seed}
     if args.learning_rate is not None:
         extra["learning_rate"] = args.learning_rate
+    if args.head_learning_rate is not None:
+        extra["head_learning_rate"] = args.head_learning_rate
     if args.train_batch_size:
         extra["train_batch_size"] = args.train_batch_size
     if args.patience is not None:
@@ -398,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="head", choices=["head", "prompt", "head+prompt", "full"])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--head-learning-rate", type=float,
+                   help="the MLM head's own rate (full mode on a model whose checkpoint has no MLM head)")
     p.add_argument("--train-batch-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dev", help="a labelled dev file: keep the epoch with the best dev accuracy")

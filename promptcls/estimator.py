@@ -163,6 +163,11 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     learning_rate, prompt_learning_rate : float, optional
         For the model / head and for the soft prompt. Defaults per mode: head 1e-3,
         full 2e-5, prompt 3e-3.
+    head_learning_rate : float, optional
+        The MLM head's own parameters (transform, layer norm, output bias) train at this
+        rate instead of ``learning_rate``. For ``full`` mode on a checkpoint that ships no
+        MLM head (``initialised_parameters_`` lists what was initialised at random): a new
+        head wants a larger rate than the pretrained encoder.
     warmup_ratio, weight_decay, max_grad_norm : float
         Linear warm-up then linear decay; AdamW decay (not on biases and norms); clipping.
     mixed_precision : {"no", "fp16", "bf16"}
@@ -202,6 +207,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         gradient_accumulation_steps: int = 1,
         learning_rate: float | None = None,
         prompt_learning_rate: float | None = None,
+        head_learning_rate: float | None = None,
         warmup_ratio: float = 0.06,
         weight_decay: float = 0.01,
         max_grad_norm: float | None = 1.0,
@@ -229,6 +235,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.learning_rate = learning_rate
         self.prompt_learning_rate = prompt_learning_rate
+        self.head_learning_rate = head_learning_rate
         self.warmup_ratio = warmup_ratio
         self.weight_decay = weight_decay
         self.max_grad_norm = max_grad_norm
@@ -260,6 +267,10 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         patience = self.early_stopping_patience
         if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
             raise ValueError(f"early_stopping_patience must be a positive integer or None, got {patience!r}")
+        for name in ("learning_rate", "prompt_learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         if self.mlm_loss_weight is not None and not 0.0 <= self.mlm_loss_weight <= 1.0:
             raise ValueError(f"mlm_loss_weight must lie in [0, 1], got {self.mlm_loss_weight!r}")
         return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)
@@ -312,6 +323,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if mode != TrainMode.NONE and self.early_stopping_patience is not None and eval_set is None:
             raise ValueError(f"early_stopping_patience={self.early_stopping_patience} watches the dev accuracy: "
                              "pass fit(X, y, eval_set=(X_dev, y_dev))")
+        if self.head_learning_rate is not None and mode in (TrainMode.NONE, TrainMode.PROMPT):
+            raise ValueError(f"head_learning_rate is set but train_mode={mode.value!r} does not train the MLM head: "
+                             "use train_mode='head', 'head+prompt' or 'full', or leave head_learning_rate=None")
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
         self.template_ = template
         self.verbalizer_ = verbalizer

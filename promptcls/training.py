@@ -112,14 +112,18 @@ def _label_indices(y: Sequence[Any], classes: Sequence[Any]) -> torch.Tensor:
     return torch.tensor([index[label] for label in y], dtype=torch.long)
 
 
-def _optimizer(model_params, prompt_params, lr: float | None, prompt_lr: float | None, weight_decay: float):
+def _optimizer(model_params, prompt_params, lr: float | None, prompt_lr: float | None, weight_decay: float,
+               head_lr: float | None = None, head_names: frozenset[str] = frozenset()):
+    """AdamW groups: model parameters at ``lr`` (those in ``head_names`` at ``head_lr``), with weight decay
+    except on biases and norms, and the prompt at ``prompt_lr``."""
     groups = []
-    decay = [p for n, p in model_params.items() if p.ndim > 1]
-    no_decay = [p for n, p in model_params.items() if p.ndim <= 1]  # biases and norms
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    for names, rate in ((set(model_params) - head_names, lr), (set(model_params) & head_names, head_lr)):
+        decay = [p for n, p in model_params.items() if n in names and p.ndim > 1]
+        no_decay = [p for n, p in model_params.items() if n in names and p.ndim <= 1]  # biases and norms
+        if decay:
+            groups.append({"params": decay, "lr": rate, "weight_decay": weight_decay})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": rate, "weight_decay": 0.0})
     if prompt_params:
         groups.append({"params": list(prompt_params.values()), "lr": prompt_lr, "weight_decay": 0.0})
     try:
@@ -249,7 +253,9 @@ def train(
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / accumulation)
     total_steps = clf.max_steps if clf.max_steps is not None else steps_per_epoch * clf.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = _optimizer(model_params, prompt_params, lr, prompt_lr, clf.weight_decay)
+    head_lr = clf.head_learning_rate
+    head_names = frozenset(head_parameters(model)) & set(model_params) if head_lr is not None else frozenset()
+    optimizer = _optimizer(model_params, prompt_params, lr, prompt_lr, clf.weight_decay, head_lr, head_names)
     scheduler = _linear_schedule(optimizer, int(clf.warmup_ratio * total_steps), total_steps)
 
     device_type = model.device.type

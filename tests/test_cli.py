@@ -101,6 +101,18 @@ def test_train_with_patience_stops_on_the_dev_file_and_needs_one(workdir):
     assert config["params"]["early_stopping_patience"] == 1
 
 
+def test_train_passes_the_head_learning_rate_and_reports_a_bad_one(workdir):
+    base = ["train", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+            "--input", workdir / "reviews.csv", "--column", "text=review", "--epochs", "1", "--quiet"]
+    result = run(*base, "--mode", "full", "--head-learning-rate", "0.01", "--output-dir", workdir / "head-lr")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((workdir / "head-lr" / "promptcls_config.json").read_text())
+    assert config["params"]["head_learning_rate"] == 0.01
+    result = run(*base, "--mode", "prompt", "--head-learning-rate", "0.01", "--output-dir", workdir / "bad")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "head_learning_rate is set but train_mode='prompt' does not train the MLM head" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

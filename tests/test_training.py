@@ -278,3 +278,23 @@ def test_optimizer_is_fused_and_falls_back_where_the_kernel_is_missing(monkeypat
     weight.grad, bias.grad = torch.ones_like(weight), torch.ones_like(bias)
     optimizer.step()
     assert (weight < 1).all()
+
+
+def test_head_learning_rate_moves_the_head_at_its_own_rate(trainable_bert):
+    before = parameters(make(trainable_bert, "full", train_mode="none").fit())
+    clf = make(trainable_bert, "full", max_steps=1, weight_decay=0.0, learning_rate=1e-8, head_learning_rate=1e-2,
+               prompt_learning_rate=1e-8, warmup_ratio=0.0).fit(X, Y)
+    after = parameters(clf)
+    step = {n: float((after[n] - before[n]).abs().max()) for n in before}
+    # AdamW's first step moves every parameter that has a gradient by about its group's rate
+    assert all(5e-3 < step[n] <= 1.01e-2 for n in HEAD)
+    moved = [n for n in before if n not in HEAD and step[n] > 0]
+    # the rest at 1e-8, up to float32 rounding of the weights (1.5e-8 for weights near 0.2)
+    assert moved and max(step[n] for n in moved) < 1e-7, max((step[n], n) for n in moved)
+
+
+def test_head_learning_rate_needs_a_mode_that_trains_the_head(trainable_bert):
+    with pytest.raises(ValueError, match="head_learning_rate is set but train_mode='prompt' does not train the MLM head"):
+        make(trainable_bert, "prompt", head_learning_rate=1e-2).fit(X, Y)
+    with pytest.raises(ValueError, match="head_learning_rate must be a positive number or None, got -0.1"):
+        make(trainable_bert, "full", head_learning_rate=-0.1).fit(X, Y)
