@@ -127,8 +127,8 @@ def _optimizer(model_params, prompt_params, lr: float | None, prompt_lr: float |
     if prompt_params:
         groups.append({"params": list(prompt_params.values()), "lr": prompt_lr, "weight_decay": 0.0})
     try:
-        # the same update in one kernel per step instead of a dozen elementwise passes over every
-        # parameter; on CPU it is what full mode's step spends least on (benchmarks/optimizer_speed.py)
+        # the same update as the default (foreach) AdamW, in one kernel per step instead of a dozen
+        # elementwise passes over every parameter (CPU timings: benchmarks/optimizer_speed.md)
         return torch.optim.AdamW(groups, fused=True)
     except RuntimeError:  # a device or dtype the fused kernel does not support
         return torch.optim.AdamW(groups)
