@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot import RESULTS, headline, k_label, read_meta, read_runs  # noqa: E402
+from fewshot import RESULTS, headline, k_label, read_meta, read_runs, reproduce  # noqa: E402
 
 KEY = ["task", "k", "seed", "method"]
 
@@ -118,12 +118,7 @@ def report(both: pd.DataFrame, first: Path, second: Path, command: str) -> str:
         "",
         *table(both, ["task", "k"]),
         "",
-        "## Reproduce",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *reproduce(command),
     ])
 
 

@@ -883,14 +883,14 @@ def report(runs: pd.DataFrame, args: argparse.Namespace, settings: Settings, inf
         "",
         "The machine was shared with other work while this ran, so wall times are noisy (compare load averages).",
         "",
-        "## Reproduce (from the repository root)",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *reproduce(command, "## Reproduce (from the repository root)"),
     ]
     return "\n".join(out)
+
+
+def reproduce(command: str, heading: str = "## Reproduce") -> list[str]:
+    """A report's closing section: the command that remakes it, as a bash block."""
+    return [heading, "", "```bash", command, "```", ""]
 
 
 # ---------------------------------------------------------------------------- main

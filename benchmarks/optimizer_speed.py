@@ -21,6 +21,7 @@ Writes ``benchmarks/results/optimizer_speed.md`` and ``optimizer_speed.png``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -36,7 +37,7 @@ VARIANTS = ("foreach", "fused")
 
 
 def step_times(model: torch.nn.Module, steps: int) -> dict[str, list[float]]:
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     optimizers = {"foreach": torch.optim.AdamW(params, lr=1e-5), "fused": torch.optim.AdamW(params, lr=1e-5, fused=True)}
@@ -103,8 +104,8 @@ def main() -> int:
             seconds, weights[variant] = fit_once(variant, mlm, tokenizer, texts, labels, args.epochs)
             fits[variant].append(seconds)
     difference = max(float((weights["fused"][n] - weights["foreach"][n]).abs().max()) for n in weights["fused"])
-    moved = max(float((weights["fused"][n] - p.detach()).abs().max()) for n, p in
-                (("mlm." + k, v) for k, v in mlm.named_parameters()) if n in weights["fused"])
+    start = dict(mlm.named_parameters())  # the fits train copies; mlm keeps the starting weights
+    moved = max(float((weights["fused"]["mlm." + n] - p.detach()).abs().max()) for n, p in start.items())
 
     median = {kind: {v: statistics.median(times[v]) for v in VARIANTS} for kind, times in (("step", steps), ("fit", fits))}
     rows = [
@@ -127,14 +128,9 @@ def main() -> int:
         f"- the weights the two variants train differ by at most {difference:.2e} (the largest weight change in a fit "
         f"is {moved:.2e}): the same update, computed in a different order",
         f"- CPU: {fewshot.cpu_name()}; torch {torch.__version__}; load average (1 min) at the end "
-        f"{__import__('os').getloadavg()[0]:.1f}",
+        f"{os.getloadavg()[0]:.1f}",
         "",
-        "## Reproduce",
-        "",
-        "```bash",
-        "python benchmarks/optimizer_speed.py " + " ".join(sys.argv[1:]),
-        "```",
-        "",
+        *fewshot.reproduce("python benchmarks/optimizer_speed.py " + " ".join(sys.argv[1:])),
     ]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

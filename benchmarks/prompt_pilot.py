@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fewshot  # noqa: E402
 from data import SEEDS, data_root, get_task, load_task  # noqa: E402
 
-COLUMNS = ["task", "seed", "template", "verbalizer", "dev_accuracy", "fit_s", "n_train", "n_dev", "epochs", "lr"]
+COLUMNS = ["task", "seed", "template", "verbalizer", "dev_accuracy", "fit_s", "n_train", "n_dev", "epochs", "lr", "cpu"]
 
 
 def run_unit(task: str, seed: int, settings: fewshot.Settings, data_dir: str | None) -> list[dict[str, Any]]:
@@ -58,7 +58,8 @@ def run_unit(task: str, seed: int, settings: fewshot.Settings, data_dir: str | N
         outcome = fewshot.fit_prompt(split, "head", variant, lr)
         rows.append({"task": task, "seed": seed, "template": template, "verbalizer": verbalizer,
                      "dev_accuracy": outcome.dev_score, "fit_s": round(time.perf_counter() - start, 2),
-                     "n_train": len(train), "n_dev": len(dev), "epochs": settings.head_epochs, "lr": lr})
+                     "n_train": len(train), "n_dev": len(dev), "epochs": settings.head_epochs, "lr": lr,
+                     "cpu": fewshot.cpu_name()})
         print(f"{task} seed={seed} {template} / {verbalizer}: dev {outcome.dev_score:.3f}", flush=True)
     return rows
 
@@ -99,14 +100,9 @@ def report(runs: pd.DataFrame, command: str) -> str:
         "",
         f"- head mode, {int(first['epochs'])} epochs, learning rate {first['lr']:g}, best dev epoch kept; "
         f"{len(runs)} fits taking {runs['fit_s'].sum() / 60:.1f} min summed over the worker processes",
-        f"- CPU: {fewshot.cpu_name()}; `nproc` = {os.cpu_count()}",
+        f"- CPU: {', '.join(dict.fromkeys(runs['cpu']))}",  # recorded with the runs: --report-only stays true
         "",
-        "## Reproduce",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
+        *fewshot.reproduce(command),
     ]
     return "\n".join(out)
 
