@@ -253,14 +253,27 @@ def encode_pairs(tokenizer, frame: pd.DataFrame, fields: list[str], max_length: 
     return tokenizer(*columns[:2], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
 
 
-def batches_by_length(frame: pd.DataFrame, fields: list[str], size: int):
-    """(positions, chunk) batches of ``frame`` longest first, so each pads to texts of similar length
-    (promptcls's own scoring batches the same way); ``positions`` index ``frame``'s rows."""
-    chars = sum(frame[f].astype(str).str.len().to_numpy() for f in fields)
-    order = np.argsort(-chars, kind="stable")
-    for start in range(0, len(frame), size):
-        positions = order[start : start + size]
-        yield positions, frame.iloc[positions]
+def token_lengths(tokenizer, frame: pd.DataFrame, fields: list[str], max_length: int) -> list[int]:
+    """Tokens per row of ``frame`` as ``encode_pairs`` gives them (special tokens included)."""
+    columns = [frame[f].astype(str).tolist() for f in fields]
+    return [len(ids) for ids in tokenizer(*columns[:2], truncation=True, max_length=max_length)["input_ids"]]
+
+
+def batches_by_length(tokenizer, frame: pd.DataFrame, fields: list[str], settings: Settings):
+    """(positions, chunk) batches of ``frame`` longest first, so each pads to texts of similar length, and
+    on CPU each split into micro-batches by length, as promptcls's own scoring does; ``positions``
+    index ``frame``'s rows."""
+    from promptcls.encoding import length_groups, pass_overhead
+
+    lengths = np.asarray(token_lengths(tokenizer, frame, fields, settings.max_length))
+    order = np.argsort(-lengths, kind="stable")
+    overhead = pass_overhead(settings.device)
+    for start in range(0, len(frame), SCORE_BATCH):
+        chunk = order[start : start + SCORE_BATCH]
+        groups = [range(len(chunk))] if overhead is None else length_groups(lengths[chunk].tolist(), overhead)
+        for group in groups:
+            positions = chunk[list(group)]
+            yield positions, frame.iloc[positions]
 
 
 def in_frame_order(parts: list[tuple[np.ndarray, Any]], n: int) -> list[Any]:
@@ -396,7 +409,7 @@ def classify(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Sett
     model.eval()
     parts = []
     with torch.inference_mode(), autocast(settings):
-        for positions, chunk in batches_by_length(frame, split.fields, SCORE_BATCH):
+        for positions, chunk in batches_by_length(tokenizer, frame, split.fields, settings):
             batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
             parts.append((positions, model(**batch).logits.float().argmax(-1).cpu().tolist()))
     labels = np.asarray(split.spec.labels, dtype=object)
@@ -407,6 +420,8 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     """AutoModelForSequenceClassification, a plain loop, best dev epoch kept."""
     import torch
     from transformers import AutoModelForSequenceClassification
+
+    from promptcls.encoding import length_groups, pass_overhead
 
     tokenizer = tokenizer_for(settings)
     n_classes = len(split.spec.labels)
@@ -421,16 +436,23 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     steps_per_epoch = math.ceil(len(split.train) / TRAIN_BATCH)
     scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
     targets = label_ids(split, split.train)
+    lengths = token_lengths(tokenizer, split.train, split.fields, settings.max_length)
+    overhead = pass_overhead(settings.device)
     generator = torch.Generator().manual_seed(split.seed)
     best, best_epoch = (-1.0, None), 0
     for epoch in range(1, settings.epochs + 1):
         model.train()
         for idx in torch.randperm(len(split.train), generator=generator).split(TRAIN_BATCH):
-            batch = encode_pairs(tokenizer, split.train.iloc[idx.tolist()], split.fields, settings.max_length)
-            with autocast(settings):
-                logits = model(**batch.to(settings.device)).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets[idx].to(settings.device))
-            loss.backward()
+            # promptcls's micro-batches by length (on CPU), so that timings compare methods, not padding
+            parts = [idx]
+            if overhead is not None:
+                parts = [idx[g] for g in length_groups([lengths[i] for i in idx.tolist()], overhead)]
+            for part in parts:
+                batch = encode_pairs(tokenizer, split.train.iloc[part.tolist()], split.fields, settings.max_length)
+                with autocast(settings):
+                    logits = model(**batch.to(settings.device)).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), targets[part].to(settings.device))
+                (loss * (len(part) / len(idx))).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -451,7 +473,7 @@ def embed(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Setting
     model.eval()
     parts = []
     with torch.inference_mode(), autocast(settings):
-        for positions, chunk in batches_by_length(frame, split.fields, SCORE_BATCH):
+        for positions, chunk in batches_by_length(tokenizer, frame, split.fields, settings):
             batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
             hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
@@ -1029,6 +1051,17 @@ def run_unit(task: str, k: int, seed: int, methods: Sequence[str], settings: Set
     return rows
 
 
+def unit_cost(task: str, k: int, seed: int, settings: Settings, args: argparse.Namespace) -> float:
+    """A rough cost of one unit, in characters the encoder reads: train (forward and backward) and dev at
+    every epoch of the four methods that run the encoder, the test set once per method."""
+    train, dev, test = load_task(task, seed, k=k, data_dir=args.data_dir, max_test=args.max_test)
+
+    def chars(frame: pd.DataFrame) -> float:
+        return float(sum(frame[f].astype(str).str.len().sum() for f in get_task(task).fields))
+
+    return (3 * chars(train) + chars(dev)) * settings.epochs * 4 + chars(test) * len(METHODS)
+
+
 def _worker_init(threads: int) -> None:
     quiet_transformers()
     import torch
@@ -1087,6 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_worker_init,
                                                     initargs=(per_job,)) as pool:
+            # longest first, so that the last unit left running alone is a short one
+            todo = sorted(todo, key=lambda unit: -unit_cost(*unit, settings, args))
             futures = [pool.submit(run_unit, *unit, args.methods, settings, args, done, reused) for unit in todo]
             for future in concurrent.futures.as_completed(futures):
                 rows += future.result()

@@ -6,6 +6,9 @@ The k-th mask token of a sequence is the k-th slot token in template order. Rows
 for ``max_length`` lose tokens from their longest text field (never from the template or
 a slot); they are re-rendered with the shortened text and tokenized again, so their ids are
 exactly those of the already-truncated text.
+
+Batches are padded to their longest prompt. On CPU, where a padded token costs as much as a real
+one, a batch runs as the micro-batches of similar length that ``length_groups`` picks.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 
 from .template import Template
 
-__all__ = ["Encoded", "PromptEncoding", "collate"]
+__all__ = ["Encoded", "PromptEncoding", "collate", "length_groups"]
 
 
 @dataclasses.dataclass
@@ -246,3 +249,43 @@ def collate(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tens
     if token_type_ids is not None:
         out["token_type_ids"] = token_type_ids
     return out
+
+
+# The fixed cost of one pass through the model on CPU, in padded tokens. Measured on one and two
+# cores with all-MiniLM-L6-v2 (6 x 384): about 30-55 for a forward pass, 35 for forward and
+# backward. Larger is the safe side: fewer, larger micro-batches.
+CPU_PASS_OVERHEAD = 48
+
+
+def pass_overhead(device: torch.device | str) -> float | None:
+    """The per-pass cost ``length_groups`` weighs padding against, or None: no micro-batches.
+
+    Only on CPU: an accelerator pays per kernel launch, and a padded token there is nearly free.
+    """
+    return CPU_PASS_OVERHEAD if torch.device(device).type == "cpu" else None
+
+
+def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:
+    """Positions of ``lengths`` split into the micro-batches that are cheapest to run padded.
+
+    A micro-batch costs ``overhead + size * longest`` (its padded tokens plus a fixed cost per
+    pass). The cheapest split of a batch sorted by length is into contiguous runs; dynamic
+    programming over the cut points finds it. Groups come shortest first, positions ascending
+    within each.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    cost = [0.0] + [float("inf")] * n  # cost[i]: the cheapest split of the i shortest
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = lengths[order[end - 1]]
+        for start in range(end):
+            c = cost[start] + overhead + (end - start) * longest
+            if c < cost[end]:
+                cost[end], cut[end] = c, start
+    groups = []
+    end = n
+    while end:
+        groups.append(sorted(order[cut[end] : end]))
+        end = cut[end]
+    return groups[::-1]

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from .encoding import length_groups, pass_overhead
 from .inputs import to_rows
 from .modeling import PromptModel
 from .saving import fingerprint, load_classifier, save_classifier
@@ -361,11 +362,16 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         out = torch.empty(len(rows), len(self.classes_))
         model.eval()
         show = self.progress if progress is None else progress
+        overhead = pass_overhead(model.device)
         with torch.inference_mode():
             starts = range(0, len(order), self.batch_size)
             for start in tqdm(starts, desc="scoring", unit="batch", disable=None if show is None else not show):
-                idx = order[start : start + self.batch_size]
-                out[idx] = model.class_scores([encoded[i] for i in idx], decoding=self.decoding).float().cpu()
+                chunk = order[start : start + self.batch_size]
+                parts = [chunk]
+                if overhead is not None:  # a batch's shortest prompts need not wait for its longest
+                    parts = [[chunk[j] for j in g] for g in length_groups([len(encoded[i].input_ids) for i in chunk], overhead)]
+                for idx in parts:
+                    out[idx] = model.class_scores([encoded[i] for i in idx], decoding=self.decoding).float().cpu()
         return out
 
     def decision_function(self, X: Any) -> np.ndarray:

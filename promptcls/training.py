@@ -10,6 +10,12 @@
 Loss: cross-entropy over the class scores (multi-token words scored in parallel). Optionally
 PET's auxiliary MLM loss on unlabeled texts: ``alpha * ce + (1 - alpha) * mlm``.
 
+On CPU each batch runs as micro-batches of prompts of similar length (``encoding.length_groups``), each
+padded only to its own longest prompt, with their losses weighted by their share of the batch: the
+gradient is the batch's, and few-shot batches drawn at random no longer pay for padding (1.4-2.5x
+the real tokens on the benchmark tasks; ``benchmarks/training_speed.md``). Dropout masks differ
+from a run of the whole padded batch, as they would with any other batch shape.
+
 With an ``eval_set`` the epoch with the best dev accuracy is kept; ``early_stopping_patience``
 ends the run once that many epochs have passed without a better one. The learning-rate schedule
 is still the one planned for all the epochs, so a stopped run is the start of the full run.
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import Encoded, collate
+from .encoding import Encoded, collate, length_groups, pass_overhead
 from .inputs import to_rows
 from .modeling import PromptModel
 
@@ -281,6 +287,7 @@ def train(
     else:
         model.train()
 
+    overhead = pass_overhead(model.device)  # None: no micro-batches
     rank, world = _distributed()
     masking = torch.Generator().manual_seed(clf.random_state + 7919 * (rank + 1))  # per process: MLM masks
     if world > 1 and rank == 0:
@@ -305,19 +312,31 @@ def train(
                 pick = torch.randint(len(unlabeled_encoded), (len(batch_idx),), generator=generator) if alpha else None
                 if len(idx):
                     autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-                    with autocast:
-                        if cache is not None:
-                            scores = cache.class_scores(model, idx.to(model.device))
-                        else:
-                            scores = model.relative_class_scores([encoded[i] for i in idx.tolist()])
-                        loss = _loss(scores.float(), targets[idx.to(targets.device)], temperature)
-                        if alpha is not None:
-                            mine = pick.tensor_split(world)[rank].tolist()
-                            mlm = _mlm_loss(model, [unlabeled_encoded[i] for i in mine], masking)
-                            loss = alpha * loss + (1 - alpha) * mlm
-                    losses.append(loss.item())
-                    loss = loss * share / accumulation
-                    (scaler.scale(loss) if scaler else loss).backward()
+                    if cache is not None or overhead is None:
+                        parts = [idx]
+                    else:
+                        parts = [idx[g] for g in length_groups([len(encoded[i].input_ids) for i in idx.tolist()], overhead)]
+                    weight = 1.0 if alpha is None else alpha
+                    total = 0.0
+                    for part in parts:  # each part's mean loss, weighted by its share of the batch
+                        with autocast:
+                            if cache is not None:
+                                scores = cache.class_scores(model, part.to(model.device))
+                            else:
+                                scores = model.relative_class_scores([encoded[i] for i in part.tolist()])
+                            loss = _loss(scores.float(), targets[part.to(targets.device)], temperature)
+                            loss = loss * (weight * len(part) / len(idx))
+                        total += loss.item()
+                        loss = loss * share / accumulation
+                        (scaler.scale(loss) if scaler else loss).backward()
+                    if alpha is not None:
+                        mine = pick.tensor_split(world)[rank].tolist()
+                        with autocast:
+                            loss = (1 - alpha) * _mlm_loss(model, [unlabeled_encoded[i] for i in mine], masking)
+                        total += loss.item()
+                        loss = loss * share / accumulation
+                        (scaler.scale(loss) if scaler else loss).backward()
+                    losses.append(total)
                 if (b + 1) % accumulation and b + 1 != len(batches):
                     continue
                 if world > 1:

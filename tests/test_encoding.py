@@ -95,3 +95,56 @@ def test_with_masks_equals_direct_encoding(roberta):
     assert narrow.input_ids == direct["input_ids"]
     masks = [i for i, t in enumerate(direct["input_ids"]) if t == tokenizer.mask_token_id]
     assert narrow.soft_pos == masks[:3] and narrow.mask_pos == masks[3:]
+
+
+def _split_cost(groups, lengths, overhead):
+    return sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def _partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1:]]
+
+
+def test_length_groups_is_the_cheapest_split():
+    from promptcls.encoding import length_groups
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        lengths = rng.integers(3, 60, size=int(rng.integers(1, 8))).tolist()
+        overhead = float(rng.choice([0, 5, 30, 200]))
+        groups = length_groups(lengths, overhead)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # each prompt once
+        best = min(_split_cost(p, lengths, overhead) for p in _partitions(list(range(len(lengths)))))
+        assert _split_cost(groups, lengths, overhead) == best, (lengths, overhead, groups)
+    assert length_groups([9, 40, 10, 41], 1e9) == [[0, 1, 2, 3]]  # a pass costs more than any padding
+    assert length_groups([9, 40, 10, 41], 5) == [[0, 2], [1, 3]]
+    assert length_groups([7, 3, 7, 3], 0) == [[1, 3], [0, 2]]  # shortest first
+    assert length_groups([], 10) == []
+
+
+def test_scoring_in_micro_batches_gives_the_same_scores(bert, monkeypatch):
+    model, tokenizer = bert
+    texts = ["fun", "the food was nice and the staff were kind, and the room was clean and warm", "ok",
+             "i hate this place", "awful awful awful awful awful awful awful awful awful awful awful awful", "good"]
+    passes = []
+    hook = model.base_model.register_forward_pre_hook(lambda m, args, kwargs: passes.append(1), with_kwargs=True)
+    try:
+        scores = {}
+        for overhead in (1e12, 0):
+            monkeypatch.setattr("promptcls.encoding.CPU_PASS_OVERHEAD", overhead)
+            clf = PromptClassifier(model, "{text} It was [MASK].", {"neg": ["bad", "terrible"], "pos": ["good"]},
+                                   tokenizer=tokenizer, progress=False).fit()
+            passes.clear()
+            scores[overhead] = (clf.decision_function(texts), len(passes))
+    finally:
+        hook.remove()
+    (whole, whole_passes), (split, split_passes) = scores[1e12], scores[0]
+    assert split_passes > whole_passes
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)

@@ -298,3 +298,49 @@ def test_head_learning_rate_needs_a_mode_that_trains_the_head(trainable_bert):
         make(trainable_bert, "prompt", head_learning_rate=1e-2).fit(X, Y)
     with pytest.raises(ValueError, match="head_learning_rate must be a positive number or None, got -0.1"):
         make(trainable_bert, "full", head_learning_rate=-0.1).fit(X, Y)
+
+
+VARIED_X = ["fun film", "i love this place so much, the staff and the food and the room are all so nice", "nice",
+            "the service was poor and the food was awful and cold, and i will never come back here", "boring",
+            "the food was nice", "i hate this place", "awful"]
+VARIED_Y = ["pos", "pos", "pos", "neg", "neg", "pos", "neg", "neg"]
+
+
+@pytest.mark.parametrize("mode", ["prompt", "full"])
+def test_micro_batches_train_as_the_whole_padded_batch(trainable_bert, monkeypatch, mode):
+    # no dropout in this model: splitting a batch by length must give the same losses and updates
+    model, _ = trainable_bert
+    passes = []
+
+    def count(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        passes.append((kwargs["inputs_embeds"] if ids is None else ids).shape[:2])
+
+    hook = model.base_model.register_forward_pre_hook(count, with_kwargs=True)  # fit trains a copy: hooks go along
+    runs = {}
+    try:
+        for overhead in (1e12, 0):
+            monkeypatch.setattr("promptcls.encoding.CPU_PASS_OVERHEAD", overhead)
+            extra = {"unlabeled": VARIED_X[::-1]} if mode == "full" else {}  # PET's auxiliary loss joins the sum
+            clf = make(trainable_bert, mode, epochs=3, train_batch_size=8)
+            clf.fit(VARIED_X, VARIED_Y, **extra)
+            passes.clear()
+            clf.fit(VARIED_X, VARIED_Y, **extra)
+            runs[overhead] = (parameters(clf), [h["loss"] for h in clf.history_], list(passes))
+    finally:
+        hook.remove()
+    (whole, whole_loss, whole_passes), (split, split_loss, split_passes) = runs[1e12], runs[0]
+    assert len(split_passes) > len(whole_passes)  # the split run did run smaller passes
+    assert max(s[1] for s in split_passes) == max(s[1] for s in whole_passes)
+    assert sum(s[0] * s[1] for s in split_passes) < sum(s[0] * s[1] for s in whole_passes)  # fewer padded tokens
+    np.testing.assert_allclose(split_loss, whole_loss, rtol=1e-5)
+    for name in whole:
+        if name.endswith("attention.self.key.bias"):
+            # softmax ignores a shift shared by all keys: this gradient is zero up to rounding, which Adam's
+            # normalisation turns into updates of either sign
+            continue
+        # atol: Adam divides by the gradient's own size, so a near-zero entry's rounding moves it by up to
+        # a fraction of the learning rate (1e-2 here)
+        torch.testing.assert_close(split[name], whole[name], atol=1e-4, rtol=1e-4, msg=name)
+    start = parameters(make(trainable_bert, mode, train_mode="none").fit())
+    assert any(not torch.equal(whole[n], p) for n, p in start.items())
