@@ -251,9 +251,10 @@ def collate(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tens
     return out
 
 
-# The fixed cost of one pass through the model on CPU, in padded tokens. Measured on one and two
-# cores with all-MiniLM-L6-v2 (6 x 384): about 30-55 for a forward pass, 35 for forward and
-# backward. Larger is the safe side: fewer, larger micro-batches.
+# The fixed cost of one pass through the model on CPU, in padded tokens: on one and two cores
+# all-MiniLM-L6-v2 (6 x 384) spent about as long on a pass of a single short prompt as on a few
+# dozen more tokens in a larger batch. Larger is the safe side: fewer, larger micro-batches.
+# What it gives: benchmarks/results/micro_batch_speed.md.
 CPU_PASS_OVERHEAD = 48
 
 

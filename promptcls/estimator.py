@@ -142,7 +142,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     max_length : int, optional
         Longest prompt in tokens (default: the model's). Only text fields are truncated.
     batch_size : int
-        Prompts per forward when scoring (and training).
+        Prompts per forward when scoring (and when caching head-mode states). On CPU a batch
+        runs as micro-batches of similar length, so short prompts do not pay for a long one.
     decoding : {"parallel", "iterative"}
         Multi-token label words: one forward (``parallel``) or PET's max-first decoding.
     calibration : bool or list of str
@@ -160,7 +161,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     epochs, max_steps : int
         Passes over the data, or a number of optimiser steps (overrides ``epochs``).
     train_batch_size, gradient_accumulation_steps : int
-        Examples per forward, forwards per optimiser step.
+        Examples per batch, batches per optimiser step. On CPU a batch runs as micro-batches
+        of similar length with the same gradient (:func:`promptcls.encoding.length_groups`).
     learning_rate, prompt_learning_rate : float, optional
         For the model / head and for the soft prompt. Defaults per mode: head 1e-3,
         full 2e-5, prompt 3e-3.

@@ -10,15 +10,11 @@
 Loss: cross-entropy over the class scores (multi-token words scored in parallel). Optionally
 PET's auxiliary MLM loss on unlabeled texts: ``alpha * ce + (1 - alpha) * mlm``.
 
-On CPU each batch runs as micro-batches of prompts of similar length (``encoding.length_groups``), each
-padded only to its own longest prompt, with their losses weighted by their share of the batch: the
-gradient is the batch's, and few-shot batches drawn at random no longer pay for padding (1.4-2.5x
-the real tokens on the benchmark tasks; ``benchmarks/training_speed.md``). Dropout masks differ
-from a run of the whole padded batch, as they would with any other batch shape.
-
-With an ``eval_set`` the epoch with the best dev accuracy is kept; ``early_stopping_patience``
-ends the run once that many epochs have passed without a better one. The learning-rate schedule
-is still the one planned for all the epochs, so a stopped run is the start of the full run.
+On CPU each batch runs as micro-batches of prompts of similar length (``encoding.length_groups``),
+each padded only to its own longest prompt, with their losses weighted by their share of the batch:
+the gradient is the batch's, and random few-shot batches stop paying for padding (1.4x to 2.3x the
+real tokens on the benchmark tasks; ``benchmarks/results/micro_batch_speed.md``). Dropout masks
+differ from a run of the whole padded batch, as they would with any other batch shape.
 """
 
 from __future__ import annotations
@@ -153,12 +149,24 @@ class _HeadCache:
     """Mask rows of a frozen encoder, computed once: {n: (N, n, H)} per label-word length."""
 
     def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
+        # batched by length (and micro-batched on CPU) as scoring is; rows are put back in input order
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        overhead = pass_overhead(model.device)
         parts: dict[int, list[torch.Tensor]] = {n: [] for n in model.label_words.groups}
+        placed: list[int] = []
         with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                for n, batch in model.group_batches(encoded[start : start + batch_size]).items():
-                    parts[n].append(model.mask_hidden(batch))
-        self.rows = {n: torch.cat(p) for n, p in parts.items()}
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                groups = [range(len(chunk))] if overhead is None else length_groups(
+                    [len(encoded[i].input_ids) for i in chunk], overhead)
+                for group in groups:
+                    idx = [chunk[j] for j in group]
+                    placed += idx
+                    for n, batch in model.group_batches([encoded[i] for i in idx]).items():
+                        parts[n].append(model.mask_hidden(batch))
+        where = torch.empty(len(placed), dtype=torch.long)
+        where[torch.tensor(placed, dtype=torch.long)] = torch.arange(len(placed))
+        self.rows = {n: torch.cat(p)[where.to(p[0].device)] for n, p in parts.items()}
 
     def class_scores(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
         return model.relative_class_scores(rows={n: rows[idx] for n, rows in self.rows.items()})

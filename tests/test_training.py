@@ -344,3 +344,18 @@ def test_micro_batches_train_as_the_whole_padded_batch(trainable_bert, monkeypat
         torch.testing.assert_close(split[name], whole[name], atol=1e-4, rtol=1e-4, msg=name)
     start = parameters(make(trainable_bert, mode, train_mode="none").fit())
     assert any(not torch.equal(whole[n], p) for n, p in start.items())
+
+
+def test_head_cache_rows_are_each_prompts_own(trainable_bert, monkeypatch):
+    # the cache runs prompts sorted and micro-batched by length; each row must still be its prompt's
+    from promptcls import training
+
+    monkeypatch.setattr("promptcls.encoding.CPU_PASS_OVERHEAD", 0)
+    clf = make(trainable_bert, "head", train_mode="none").fit()
+    model = clf.model_
+    encoded = model.encode([{"text": t} for t in VARIED_X])
+    cache = training._HeadCache(model, encoded, batch_size=3)
+    with torch.no_grad():
+        for i, e in enumerate(encoded):
+            for n, batch in model.group_batches([e]).items():
+                torch.testing.assert_close(cache.rows[n][i], model.mask_hidden(batch)[0], atol=1e-5, rtol=1e-4)
