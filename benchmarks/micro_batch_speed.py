@@ -87,6 +87,33 @@ def timed(variant: str, work, *args) -> float:
         promptcls.encoding.CPU_PASS_OVERHEAD = saved
 
 
+def plot(pad: dict[str, dict[str, float]], median: dict[tuple[str, str], dict[str, float]], repeats: int,
+         path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    tasks = list(pad)
+    xs = np.arange(len(tasks))
+    axes[0].bar(xs - 0.2, [pad[t]["whole"] for t in tasks], 0.4, label="whole batch", color="#999999")
+    axes[0].bar(xs + 0.2, [pad[t]["micro"] for t in tasks], 0.4, label="micro-batches", color="#1f77b4")
+    axes[0].axhline(1.0, color="black", lw=0.8)
+    axes[0].set_xticks(xs, tasks, rotation=30)
+    axes[0].set_ylabel("tokens run per real token")
+    axes[0].set_title("padding in random batches of 8")
+    axes[0].legend()
+    keys = list(median)
+    axes[1].bar(np.arange(len(keys)), [median[k]["whole"] / median[k]["micro"] for k in keys], color="#1f77b4")
+    axes[1].axhline(1.0, color="black", lw=0.8)
+    axes[1].set_xticks(np.arange(len(keys)), [f"{t} {w}" for t, w in keys], rotation=50, ha="right", fontsize=8)
+    axes[1].set_ylabel("time whole / micro")
+    axes[1].set_title(f"speed-up (median of {repeats}), one CPU thread")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TIMED_TASKS), help="tasks to time (padding: every task)")
@@ -185,29 +212,7 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "micro_batch_speed.md").write_text("\n".join(lines) + "\n")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    tasks = list(splits)
-    xs = np.arange(len(tasks))
-    axes[0].bar(xs - 0.2, [pad[t]["whole"] for t in tasks], 0.4, label="whole batch", color="#999999")
-    axes[0].bar(xs + 0.2, [pad[t]["micro"] for t in tasks], 0.4, label="micro-batches", color="#1f77b4")
-    axes[0].axhline(1.0, color="black", lw=0.8)
-    axes[0].set_xticks(xs, tasks, rotation=30)
-    axes[0].set_ylabel("tokens run per real token")
-    axes[0].set_title("padding in random batches of 8")
-    axes[0].legend()
-    keys = list(median)
-    axes[1].bar(np.arange(len(keys)), [median[k]["whole"] / median[k]["micro"] for k in keys], color="#1f77b4")
-    axes[1].axhline(1.0, color="black", lw=0.8)
-    axes[1].set_xticks(np.arange(len(keys)), [f"{t}\n{w}" for t, w in keys], fontsize=7)
-    axes[1].set_ylabel("time whole / micro")
-    axes[1].set_title(f"speed-up (median of {args.repeats}), one CPU thread")
-    fig.tight_layout()
-    fig.savefig(out_dir / "micro_batch_speed.png", dpi=120)
+    plot(pad, median, args.repeats, out_dir / "micro_batch_speed.png")
     print("\n".join(lines))
     return 0
 
