@@ -263,17 +263,11 @@ def batches_by_length(tokenizer, frame: pd.DataFrame, fields: list[str], setting
     """(positions, chunk) batches of ``frame`` longest first, so each pads to texts of similar length, and
     on CPU each split into micro-batches by length, as promptcls's own scoring does; ``positions``
     index ``frame``'s rows."""
-    from promptcls.encoding import length_groups, pass_overhead
+    from promptcls.encoding import length_batches
 
-    lengths = np.asarray(token_lengths(tokenizer, frame, fields, settings.max_length))
-    order = np.argsort(-lengths, kind="stable")
-    overhead = pass_overhead(settings.device)
-    for start in range(0, len(frame), SCORE_BATCH):
-        chunk = order[start : start + SCORE_BATCH]
-        groups = [range(len(chunk))] if overhead is None else length_groups(lengths[chunk].tolist(), overhead)
-        for group in groups:
-            positions = chunk[list(group)]
-            yield positions, frame.iloc[positions]
+    lengths = token_lengths(tokenizer, frame, fields, settings.max_length)
+    for positions in length_batches(lengths, SCORE_BATCH, settings.device):
+        yield np.asarray(positions), frame.iloc[positions]
 
 
 def in_frame_order(parts: list[tuple[np.ndarray, Any]], n: int) -> list[Any]:
@@ -421,7 +415,7 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from promptcls.encoding import length_groups, pass_overhead
+    from promptcls.encoding import micro_batches
 
     tokenizer = tokenizer_for(settings)
     n_classes = len(split.spec.labels)
@@ -437,17 +431,13 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     scheduler = linear_schedule(optimizer, steps_per_epoch * settings.epochs)
     targets = label_ids(split, split.train)
     lengths = token_lengths(tokenizer, split.train, split.fields, settings.max_length)
-    overhead = pass_overhead(settings.device)
     generator = torch.Generator().manual_seed(split.seed)
     best, best_epoch = (-1.0, None), 0
     for epoch in range(1, settings.epochs + 1):
         model.train()
         for idx in torch.randperm(len(split.train), generator=generator).split(TRAIN_BATCH):
             # promptcls's micro-batches by length (on CPU), so that timings compare methods, not padding
-            parts = [idx]
-            if overhead is not None:
-                parts = [idx[g] for g in length_groups([lengths[i] for i in idx.tolist()], overhead)]
-            for part in parts:
+            for part in (idx[g] for g in micro_batches([lengths[i] for i in idx.tolist()], settings.device)):
                 batch = encode_pairs(tokenizer, split.train.iloc[part.tolist()], split.fields, settings.max_length)
                 with autocast(settings):
                     logits = model(**batch.to(settings.device)).logits

@@ -21,7 +21,7 @@ import torch
 
 from .template import Template
 
-__all__ = ["Encoded", "PromptEncoding", "collate", "length_groups"]
+__all__ = ["Encoded", "PromptEncoding", "collate", "length_groups", "micro_batches", "length_batches"]
 
 
 @dataclasses.dataclass
@@ -290,3 +290,21 @@ def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:
         groups.append(sorted(order[cut[end] : end]))
         end = cut[end]
     return groups[::-1]
+
+
+def micro_batches(lengths: Sequence[int], device: torch.device | str) -> list[list[int]]:
+    """Positions of one batch as the micro-batches it runs as on ``device``: ``length_groups`` on
+    CPU, the whole batch elsewhere."""
+    overhead = pass_overhead(device)
+    return [list(range(len(lengths)))] if overhead is None else length_groups(lengths, overhead)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, device: torch.device | str) -> list[list[int]]:
+    """Positions of ``lengths`` in scoring batches: longest first, ``batch_size`` at a time, each run
+    as its ``micro_batches``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out += [[chunk[j] for j in group] for group in micro_batches([lengths[i] for i in chunk], device)]
+    return out

@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from .encoding import length_groups, pass_overhead
+from .encoding import length_batches
 from .inputs import to_rows
 from .modeling import PromptModel
 from .saving import fingerprint, load_classifier, save_classifier
@@ -360,20 +360,13 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         """(n, C) class scores, batched by length, in the order of ``rows``."""
         model = self.model_
         encoded = model.encode(rows)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
         out = torch.empty(len(rows), len(self.classes_))
         model.eval()
         show = self.progress if progress is None else progress
-        overhead = pass_overhead(model.device)
+        batches = length_batches([len(e.input_ids) for e in encoded], self.batch_size, model.device)
         with torch.inference_mode():
-            starts = range(0, len(order), self.batch_size)
-            for start in tqdm(starts, desc="scoring", unit="batch", disable=None if show is None else not show):
-                chunk = order[start : start + self.batch_size]
-                parts = [chunk]
-                if overhead is not None:  # a batch's shortest prompts need not wait for its longest
-                    parts = [[chunk[j] for j in g] for g in length_groups([len(encoded[i].input_ids) for i in chunk], overhead)]
-                for idx in parts:
-                    out[idx] = model.class_scores([encoded[i] for i in idx], decoding=self.decoding).float().cpu()
+            for idx in tqdm(batches, desc="scoring", unit="batch", disable=None if show is None else not show):
+                out[idx] = model.class_scores([encoded[i] for i in idx], decoding=self.decoding).float().cpu()
         return out
 
     def decision_function(self, X: Any) -> np.ndarray:

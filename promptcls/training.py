@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import Encoded, collate, length_groups, pass_overhead
+from .encoding import Encoded, collate, length_batches, micro_batches
 from .inputs import to_rows
 from .modeling import PromptModel
 
@@ -149,23 +149,16 @@ class _HeadCache:
     """Mask rows of a frozen encoder, computed once: {n: (N, n, H)} per label-word length."""
 
     def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
-        # batched by length (and micro-batched on CPU) as scoring is; rows are put back in input order
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
-        overhead = pass_overhead(model.device)
+        # batched as scoring is (by length, micro-batched on CPU); rows are put back in input order
+        batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device)
         parts: dict[int, list[torch.Tensor]] = {n: [] for n in model.label_words.groups}
-        placed: list[int] = []
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                groups = [range(len(chunk))] if overhead is None else length_groups(
-                    [len(encoded[i].input_ids) for i in chunk], overhead)
-                for group in groups:
-                    idx = [chunk[j] for j in group]
-                    placed += idx
-                    for n, batch in model.group_batches([encoded[i] for i in idx]).items():
-                        parts[n].append(model.mask_hidden(batch))
-        where = torch.empty(len(placed), dtype=torch.long)
-        where[torch.tensor(placed, dtype=torch.long)] = torch.arange(len(placed))
+            for idx in batches:
+                for n, batch in model.group_batches([encoded[i] for i in idx]).items():
+                    parts[n].append(model.mask_hidden(batch))
+        placed = torch.tensor([i for idx in batches for i in idx], dtype=torch.long)
+        where = torch.empty_like(placed)
+        where[placed] = torch.arange(len(placed))
         self.rows = {n: torch.cat(p)[where.to(p[0].device)] for n, p in parts.items()}
 
     def class_scores(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
@@ -295,7 +288,6 @@ def train(
     else:
         model.train()
 
-    overhead = pass_overhead(model.device)  # None: no micro-batches
     rank, world = _distributed()
     masking = torch.Generator().manual_seed(clf.random_state + 7919 * (rank + 1))  # per process: MLM masks
     if world > 1 and rank == 0:
@@ -320,10 +312,10 @@ def train(
                 pick = torch.randint(len(unlabeled_encoded), (len(batch_idx),), generator=generator) if alpha else None
                 if len(idx):
                     autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-                    if cache is not None or overhead is None:
+                    if cache is not None:
                         parts = [idx]
                     else:
-                        parts = [idx[g] for g in length_groups([len(encoded[i].input_ids) for i in idx.tolist()], overhead)]
+                        parts = [idx[g] for g in micro_batches([len(encoded[i].input_ids) for i in idx.tolist()], model.device)]
                     weight = 1.0 if alpha is None else alpha
                     total = 0.0
                     for part in parts:  # each part's mean loss, weighted by its share of the batch
