@@ -14,12 +14,13 @@ one, a batch runs as the micro-batches of similar length that ``length_groups`` 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .template import Template
+from .template import Template, TemplateError, Text
 
 __all__ = ["Encoded", "PromptEncoding", "collate", "length_groups", "micro_batches", "length_batches"]
 
@@ -82,6 +83,40 @@ class PromptEncoding:
         self.n_mask = int(n_mask)
         self.soft_counts = tuple(soft_counts)
         self.n_slot_tokens = self.n_mask + sum(self.soft_counts)
+        self._lock = threading.Lock()  # one tokenizer call at a time: a fast tokenizer is not re-entrant
+        self._check_template()
+
+    def __getstate__(self) -> dict[str, Any]:  # copies get a lock of their own
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _check_template(self) -> None:
+        """Refuse, before anything is scored, a template that writes the mask token or cannot fit ``max_length``."""
+        mask = self.tokenizer.mask_token
+        for seg in self.template.segments:
+            for part in seg:
+                if isinstance(part, Text) and mask in part.text:
+                    raise TemplateError(
+                        f"template {self.template.source!r} writes the tokenizer's mask token {mask!r} as literal text; "
+                        "the answer slot is [MASK] (written once): remove the literal mask token"
+                    )
+        budget = f"max_length={self.max_length}"
+        if self.n_slot_tokens > self.max_length:
+            raise ValueError(
+                f"template {self.template.source!r} has {self.n_mask} answer-slot and {sum(self.soft_counts)} soft tokens, "
+                f"more than {budget}: use fewer [SOFT] tokens or raise max_length"
+            )
+        empty = {f: "" for f in self.template.fields}
+        _, enc = self._tokenize([empty])
+        need = len(enc["input_ids"][0])
+        if need > self.max_length:
+            raise ValueError(
+                f"template {self.template.source!r} needs {need} tokens with empty text fields (its slots and special "
+                f"tokens included), more than {budget}: shorten the template or raise max_length"
+            )
 
     # ------------------------------------------------------------------ public
     def encode(self, rows: Sequence[dict[str, str]]) -> list[Encoded]:
@@ -127,15 +162,16 @@ class PromptEncoding:
         rendered = [self._render(r) for r in rows]
         first = [r[0].text for r in rendered]
         second = [r[1].text for r in rendered] if self.template.is_pair else None
-        enc = self.tokenizer(
-            first,
-            second,
-            add_special_tokens=True,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            truncation=False,
-            verbose=False,
-        )
+        with self._lock:
+            enc = self.tokenizer(
+                first,
+                second,
+                add_special_tokens=True,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                truncation=False,
+                verbose=False,
+            )
         return rendered, enc
 
     def _finish(self, row: dict[str, str], i: int, j: int, enc: Any) -> Encoded:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+import math
+import numbers
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -14,16 +18,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
+from .defaults import EPOCHS, TRAIN_BATCH_SIZE
 from .encoding import length_batches
 from .inputs import to_rows
-from .modeling import PromptModel
+from .modeling import PromptModel, structural_copy
 from .saving import fingerprint, load_classifier, save_classifier
 from .template import Template
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptClassifier", "TrainMode", "resolve_device", "load_model"]
+__all__ = ["PromptClassifier", "TrainMode", "resolve_device", "load_model", "TrainingDiverged"]
 
 DEFAULT_CONTENT_FREE = ("N/A", "")
 
@@ -51,6 +56,10 @@ def _choice(enum: type[Enum], value: Any, name: str) -> Enum:
         raise ValueError(f"{name}={value!r} is not one of {choices}") from None
 
 
+class TrainingDiverged(FloatingPointError, ValueError):
+    """Training produced a loss or weights that are not finite (NaN or infinity)."""
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"`` picks cuda, then mps, then cpu."""
     if device in (None, "auto"):
@@ -59,35 +68,82 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available: use device='cpu' or 'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' was asked for but MPS is not available: use device='cpu' or 'auto'")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={str(device)!r} is not supported: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return device
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Within the block transformers logs errors only and shows no progress bars (its load report,
+    "Loading weights" bar and tied-weights notes); promptcls says what matters in one message."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name``)."""
+    return (
+        name.startswith((".", "~", os.sep)) or (os.altsep is not None and os.altsep in name)
+        or name.count("/") > 1 or os.path.isabs(name) or name.endswith((".json", ".safetensors", ".bin"))
+    )
 
 
 def load_model(model: Any, tokenizer: Any = None, missing: list[str] | None = None) -> tuple[torch.nn.Module, Any]:
     """A masked LM and its tokenizer from a hub id, a local path, a loaded model, or a (model, tokenizer) pair.
 
     Names of parameters the checkpoint lacks (freshly initialised, e.g. the MLM head of an encoder saved
-    without one) are appended to ``missing``.
+    without one) are appended to ``missing``, sorted. Remote code is never run (``trust_remote_code=False``).
     """
     from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 
     if isinstance(model, tuple) and len(model) == 2:
         model, tokenizer = model
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
     if isinstance(model, str):
-        mlm, info = AutoModelForMaskedLM.from_pretrained(model, output_loading_info=True)
+        if not model.strip():
+            raise ValueError("model is an empty string: give a hub id or a local path of a masked LM")
+        local = os.path.expanduser(model)
+        if os.path.exists(local):
+            if not os.path.isdir(local):
+                raise ValueError(f"model path {model!r} is a file: give the folder that holds config.json and the weights")
+            model = local
+        elif _looks_like_path(model):
+            raise FileNotFoundError(f"model path {model!r} does not exist: give an existing folder or a hub id")
+        try:
+            with quiet_transformers():
+                mlm, info = AutoModelForMaskedLM.from_pretrained(model, output_loading_info=True, trust_remote_code=False)
+                if tokenizer is None:
+                    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+        except OSError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise OSError(f"cannot load model {model!r}: {first}") from e
         names = dict(mlm.named_parameters())
-        absent = [k for k in info.get("missing_keys", ()) if k in names]
-        if absent:
-            logger.warning(
-                "%s has no weights for %d parameters (%s, ...): they are initialised randomly, seeded by random_state, "
-                "and saved with the classifier; zero-shot scores from an untrained head are not meaningful",
-                model, len(absent), absent[0],
-            )
         if missing is not None:
-            missing.extend(absent)
-        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+            missing.extend(sorted(k for k in info.get("missing_keys", ()) if k in names))
         return mlm, tokenizer
     if isinstance(model, PreTrainedModel):
         if tokenizer is None:
@@ -103,6 +159,55 @@ def load_model(model: Any, tokenizer: Any = None, missing: list[str] | None = No
     raise TypeError(
         f"model must be a hub id, a local path, a loaded masked LM or a (model, tokenizer) pair, got {type(model).__name__}"
     )
+
+
+def resolve_seed(random_state: Any) -> int:
+    """An int seed from ``random_state``: an int, None (a fresh seed) or a numpy RandomState / Generator."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise ValueError(f"random_state must be a non-negative integer, got {random_state!r}")
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    raise ValueError(f"random_state must be an integer, None or a numpy RandomState/Generator, got {random_state!r}")
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's generators seeded within the block and restored after it: the caller's random state is kept."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+def _integer(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"{name} must be {need}{' or None' if optional else ''}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float = math.inf, *, optional: bool = False,
+            low_open: bool = False, high_open: bool = True) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        if low == 0 and not math.isfinite(high):
+            need = "a positive finite number" if low_open else "a finite number >= 0"
+        else:
+            lo = f"{'(' if low_open else '['}{low:g}"
+            hi = f"{high:g}{')' if high_open else ']'}"
+            need = f"a number in {lo}, {hi}"
+        raise ValueError(f"{name} must be {need}{' or None' if optional else ''}, got {value!r}")
 
 
 class TextInputMixin:
@@ -164,8 +269,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         Examples per batch, batches per optimiser step. On CPU a batch runs as micro-batches
         of similar length with the same gradient (:func:`promptcls.encoding.length_groups`).
     learning_rate, prompt_learning_rate : float, optional
-        For the model / head and for the soft prompt. Defaults per mode: head 1e-3,
-        full 2e-5, prompt 3e-3.
+        For the model / head and for the soft prompt. Defaults per mode (``promptcls.defaults``,
+        chosen on dev by the few-shot benchmark): head 1e-2, full 1e-4 (prompt 3e-3),
+        prompt 3e-2, head+prompt 1e-2 (prompt 3e-3).
     head_learning_rate : float, optional
         The MLM head's own parameters (transform, layer norm, output bias) train at this
         rate instead of ``learning_rate``. For ``full`` mode on a checkpoint that ships no
@@ -204,9 +310,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         device: str = "auto",
         random_state: int = 0,
         progress: bool | None = None,
-        epochs: int = 10,
+        epochs: int = EPOCHS,
         max_steps: int | None = None,
-        train_batch_size: int = 8,
+        train_batch_size: int = TRAIN_BATCH_SIZE,
         gradient_accumulation_steps: int = 1,
         learning_rate: float | None = None,
         prompt_learning_rate: float | None = None,
@@ -255,39 +361,65 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             raise ValueError('verbalizer is required: label words per class, e.g. {"neg": ["bad"], "pos": ["good"]}')
         _choice(TrainMode, self.train_mode, "train_mode")
         _choice(Decoding, self.decoding, "decoding")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 4):
-            raise ValueError(f"max_length must be an integer of at least 4, got {self.max_length!r}")
+        _integer("batch_size", self.batch_size, 1)
+        _integer("max_length", self.max_length, 4, optional=True)
         for name in ("epochs", "train_batch_size", "gradient_accumulation_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+            _integer(name, getattr(self, name), 1)
+        _integer("max_steps", self.max_steps, 1, optional=True)
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
-        patience = self.early_stopping_patience
-        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
-            raise ValueError(f"early_stopping_patience must be a positive integer or None, got {patience!r}")
+        _integer("early_stopping_patience", self.early_stopping_patience, 1, optional=True)
         for name in ("learning_rate", "prompt_learning_rate", "head_learning_rate"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
-        if self.mlm_loss_weight is not None and not 0.0 <= self.mlm_loss_weight <= 1.0:
-            raise ValueError(f"mlm_loss_weight must lie in [0, 1], got {self.mlm_loss_weight!r}")
+            _number(name, getattr(self, name), 0.0, optional=True, low_open=True)
+        _number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        _number("weight_decay", self.weight_decay, 0.0)
+        _number("max_grad_norm", self.max_grad_norm, 0.0, optional=True, low_open=True)
+        _number("mlm_loss_weight", self.mlm_loss_weight, 0.0, 1.0, optional=True, high_open=False)
+        if self.columns is not None and not isinstance(self.columns, Mapping):
+            raise TypeError(f"columns must be a dict of template field -> column name, got {self.columns!r}")
+        if self.callbacks is not None and not all(callable(c) for c in self.callbacks):
+            raise TypeError(f"callbacks must be callables callback(classifier, log), got {self.callbacks!r}")
+        if not isinstance(self.random_state, (np.random.RandomState, np.random.Generator)):
+            resolve_seed(self.random_state)  # raises on a bad value
         return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)
 
-    def _build(self, template: Template, verbalizer: Verbalizer, *, copy_model: bool) -> PromptModel:
-        torch.manual_seed(self.random_state)  # before loading: weights a checkpoint lacks are initialised now
-        missing: list[str] = []
-        mlm, tokenizer = load_model(self.model, self.tokenizer, missing)
-        self.initialised_parameters_ = [f"mlm.{name}" for name in missing]
-        if copy_model and not isinstance(self.model, str):
-            mlm = copy.deepcopy(mlm)  # never train the caller's model in place
+    @property
+    def train_mode_(self) -> TrainMode:
+        """``train_mode`` as the enum (a string or ``TrainMode`` may be given)."""
+        return TrainMode(self.train_mode)
+
+    def _build(self, template: Template, verbalizer: Verbalizer, *, copy_model: bool,
+               covered: frozenset[str] = frozenset()) -> PromptModel:
+        """Load (or take) the model and bind the template and verbalizer to it.
+
+        A loaded model passed in is never changed: training works on a deep copy, zero-shot scoring on a
+        structural copy that shares its weights (its own modes, so ``eval()`` stays ours). ``covered``:
+        parameters a save will restore, so their random start is not worth a warning.
+        """
         device = resolve_device(self.device)
+        self.random_state_ = resolve_seed(self.random_state)
+        missing: list[str] = []
+        with seeded(self.random_state_, device):  # weights a checkpoint lacks are initialised while loading
+            mlm, tokenizer = load_model(self.model, self.tokenizer, missing)
+        self.initialised_parameters_ = [f"mlm.{name}" for name in missing]
+        uncovered = [n for n in self.initialised_parameters_ if n not in covered]
+        if uncovered:
+            logger.warning(
+                "%s ships no weights for %d parameters (%s): they start at random (seeded by random_state); "
+                "scores from them mean nothing until they are trained (train_mode='head' or 'full')",
+                _model_name(self.model), len(uncovered), ", ".join(n.removeprefix("mlm.") for n in uncovered[:3])
+                + (", ..." if len(uncovered) > 3 else ""),
+            )
+        passed_in = not isinstance(self.model, (str, os.PathLike))
+        if passed_in:
+            on_device = mlm.get_input_embeddings().weight.device
+            same = on_device.type == device.type and (device.index is None or on_device.index == device.index)
+            if copy_model or not same:
+                mlm = copy.deepcopy(mlm)  # never train (or move) the caller's model in place
+            else:
+                mlm = structural_copy(mlm)  # shares the weights; eval() below switches only our copy
         mlm.to(device)
-        model = PromptModel(mlm, tokenizer, template, verbalizer, max_length=self.max_length, seed=self.random_state)
+        model = PromptModel(mlm, tokenizer, template, verbalizer, max_length=self.max_length, seed=self.random_state_)
         return model.to(device).eval()  # training switches modes itself and switches back
 
     # ------------------------------------------------------------------ fit
@@ -309,20 +441,36 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         ``temperature``. See :mod:`promptcls.training`.
         """
         template, verbalizer = self._validate()
-        mode = TrainMode(self.train_mode)
+        mode = self.train_mode_
         classes = list(verbalizer.classes)
+        X = materialize(X, "X")
+        unlabeled = materialize(unlabeled, "unlabeled")
         if y is not None:
-            y = list(y)
+            y = [_plain(label) for label in materialize(y, "y")]
             unknown = [label for label in dict.fromkeys(y) if label not in verbalizer.words]
             if unknown:
                 raise ValueError(
                     f"label {unknown[0]!r} in y is not a verbalizer class; classes are {classes}: "
                     "add label words for it or map y to these classes"
                 )
-            if X is not None and len(y) != len(_len_check(X)):
-                raise ValueError(f"X has {len(_len_check(X))} rows but y has {len(y)} labels")
-        if mode != TrainMode.NONE and (X is None or (y is None and soft_labels is None)):
-            raise ValueError(f"train_mode={mode.value!r} trains on labelled data: call fit(X, y)")
+            if X is not None and len(y) != n_rows(X):
+                raise ValueError(f"X has {n_rows(X)} rows but y has {len(y)} labels")
+        if mode != TrainMode.NONE:
+            if X is None or (y is None and soft_labels is None):
+                raise ValueError(f"train_mode={mode.value!r} trains on labelled data: call fit(X, y)")
+            if n_rows(X) == 0:
+                raise ValueError(f"train_mode={mode.value!r} needs at least one training example; X is empty")
+        if unlabeled is not None and n_rows(unlabeled) == 0:
+            raise ValueError("unlabeled is empty: pass unlabeled texts for PET's auxiliary loss, or leave it None")
+        if eval_set is not None:
+            if not isinstance(eval_set, (tuple, list)) or len(eval_set) != 2:
+                raise ValueError("eval_set must be a pair (X_dev, y_dev)")
+            eval_set = (materialize(eval_set[0], "eval_set X"), [_plain(v) for v in materialize(eval_set[1], "eval_set y")])
+            if n_rows(eval_set[0]) == 0:
+                raise ValueError("eval_set is empty: give dev examples, or leave eval_set None")
+        _number("temperature", temperature, 0.0, low_open=True)
+        if soft_labels is not None:
+            soft_labels = check_soft_labels(soft_labels, len(classes), n_rows(X) if X is not None else None)
         if mode != TrainMode.NONE and self.early_stopping_patience is not None and eval_set is None:
             raise ValueError(f"early_stopping_patience={self.early_stopping_patience} watches the dev accuracy: "
                              "pass fit(X, y, eval_set=(X_dev, y_dev))")
@@ -333,16 +481,25 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.template_ = template
         self.verbalizer_ = verbalizer
         self.classes_ = classes_array(verbalizer)
-        self.base_fingerprint_ = fingerprint(self.model_)
+        self.base_fingerprint_ = fingerprint(self.model_, exclude=self.initialised_parameters_)
         self.calibration_ = None
         self.trained_parameters_: list[str] = []
-        if mode != TrainMode.NONE:
-            from .training import train
+        self.history_: list[dict[str, float]] = []
+        self.best_epoch_ = self.best_dev_accuracy_ = None
+        try:
+            if mode != TrainMode.NONE:
+                from .training import train
 
-            self.history_ = train(
-                self, X, y, eval_set=eval_set, unlabeled=unlabeled, soft_labels=soft_labels, temperature=temperature
-            )
-        self.calibration_ = self._content_free_log_probs()
+                with seeded(self.random_state_, self.model_.device):
+                    self.history_ = train(
+                        self, X, y, eval_set=eval_set, unlabeled=unlabeled, soft_labels=soft_labels,
+                        temperature=temperature,
+                    )
+            self.calibration_ = self._content_free_log_probs()
+        except BaseException:
+            for name in ("model_", "template_", "verbalizer_", "classes_", "calibration_", "base_fingerprint_"):
+                self.__dict__.pop(name, None)  # a failed fit leaves no half-fitted classifier behind
+            raise
         return self
 
     # ------------------------------------------------------------------ predict
@@ -406,6 +563,14 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[scores.argmax(1)]
 
 
+def _model_name(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    if isinstance(model, tuple):
+        model = model[0]
+    return getattr(model, "name_or_path", "") or type(model).__name__
+
+
 def classes_array(verbalizer: Verbalizer) -> np.ndarray:
     """The verbalizer's classes as an array (object dtype when label types are mixed)."""
     classes = list(verbalizer.classes)
@@ -416,7 +581,49 @@ def classes_array(verbalizer: Verbalizer) -> np.ndarray:
     return out
 
 
-def _len_check(X: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python scalars (labels and class keys compare and serialise as plain values)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def materialize(X: Any, name: str) -> Any:
+    """``X`` as something with a length: generators and other one-pass iterables become lists."""
+    if X is None or isinstance(X, (str, Sequence, Mapping)) or hasattr(X, "__len__"):
+        return X
+    try:
+        return list(X)
+    except TypeError:
+        raise TypeError(f"{name} must be texts (a list, a DataFrame, a dataset ...), got {type(X).__name__}: {X!r}") from None
+
+
+def n_rows(X: Any) -> int:
+    """The number of rows ``to_rows`` will make of ``X``."""
     if isinstance(X, str):
-        return [X]
-    return X
+        return 1
+    if isinstance(X, Mapping):
+        values = list(X.values())
+        if values and all(isinstance(v, str) for v in values):
+            return 1  # one row as a dict
+        return len(values[0]) if values else 0
+    return len(X)
+
+
+def check_soft_labels(soft_labels: Any, n_classes: int, n: int | None) -> np.ndarray:
+    """(n, C) class distributions: finite, non-negative, each row with some mass; rows normalised to 1."""
+    try:
+        P = np.asarray(soft_labels, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"soft_labels must be an (n, {n_classes}) array of class probabilities") from None
+    if P.ndim != 2 or P.shape[1] != n_classes:
+        raise ValueError(f"soft_labels must be an (n, {n_classes}) array of class probabilities, got shape {P.shape}")
+    if n is not None and P.shape[0] != n:
+        raise ValueError(f"X has {n} rows but soft_labels has {P.shape[0]}")
+    bad = ~np.isfinite(P).all(1) | (P < 0).any(1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"soft_labels row {i} is not a probability distribution (NaN, infinite or negative): {P[i]}")
+    empty = P.sum(1) <= 0
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise ValueError(f"soft_labels row {i} sums to 0: each row needs some probability mass")
+    return P / P.sum(1, keepdims=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["to_rows"]
@@ -21,8 +21,19 @@ def to_rows(X: Any, fields: Sequence[str], columns: Mapping[str, str] | None = N
         raise ValueError(f"columns maps fields {sorted(unknown)} that the template does not have; its fields are {list(fields)}")
     source = {f: columns.get(f, f) for f in fields}
 
+    if X is None:
+        raise ValueError("X is None: pass texts (a string, a list of strings, of tuples or of dicts, a DataFrame or a dataset)")
     if isinstance(X, str):
         X = [X]
+    elif isinstance(X, Mapping) and X and all(isinstance(v, str) for v in X.values()):
+        X = [X]  # one row given as a dict, {"text": "good food"}
+    elif not isinstance(X, (Sequence, Mapping)) and not hasattr(X, "__len__"):
+        try:
+            X = list(X)  # a generator or another one-pass iterable
+        except TypeError:
+            raise TypeError(
+                f"X must be texts (a string, a list, a DataFrame or a dataset), got {type(X).__name__}: {X!r}"
+            ) from None
     table = _as_columns(X)
     if table is not None:
         for field, column in source.items():
@@ -62,7 +73,18 @@ def _as_columns(X: Any) -> dict[str, list[Any]] | None:
     if datasets is not None and isinstance(X, datasets.Dataset):
         return {c: X[c] for c in X.column_names}
     if isinstance(X, Mapping):
-        return {str(k): list(v) for k, v in X.items()}
+        out = {}
+        for k, v in X.items():
+            if isinstance(v, str) or not isinstance(v, (Sequence, Iterable)):
+                raise ValueError(
+                    f"a dict X is either one row ({{field: text}}, every value a string) or columns ({{field: [texts]}}); "
+                    f"key {k!r} holds {type(v).__name__} {v!r}"
+                )
+            out[str(k)] = list(v)
+        lengths = {len(v) for v in out.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"the columns of a dict X have different lengths: { {k: len(v) for k, v in out.items()} }")
+        return out
     return None
 
 

@@ -2,18 +2,21 @@
 
 The head is found without a table of model classes. Every ``AutoModelForMaskedLM`` calls its
 base model (``model.base_model``) and hands the hidden states to its head. While scoring, the
-base model's forward is wrapped so that it returns only the rows at the mask positions: the
-head then runs on (B, M, H) instead of (B, L, H) and no (B, L, V) tensor exists. The same
-wrapping can return cached mask rows without running the encoder at all (head training on a
-frozen encoder). A probe on a tiny input checks both against the plain ``model(...).logits``;
-where they disagree the model falls back to full logits, gathered at the masks.
+model runs as a *view*: a shallow copy of the module tree (parameters shared, nothing copied)
+whose base model is a stand-in that returns only the rows at the mask positions. The head then
+runs on (B, M, H) instead of (B, L, H) and no (B, L, V) tensor exists. The same stand-in can
+return cached mask rows without running the encoder at all (head training on a frozen
+encoder). Views are made per call and never change the shared modules, so any number of
+threads may score one model. A probe on a tiny input checks both paths against the plain
+``model(...).logits``; where they disagree the model falls back to full logits, gathered at
+the masks.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,19 +30,74 @@ from .verbalizer import Aggregation, LabelWords, Verbalizer, word_token_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptModel", "default_max_length"]
+__all__ = ["PromptModel", "default_max_length", "position_limit", "structural_copy"]
 
 
-@contextlib.contextmanager
-def _base_output(model: nn.Module, make: Callable[..., BaseModelOutput]) -> Iterator[None]:
-    """Within the block, ``model.base_model(...)`` returns ``make(original_forward, *args, **kwargs)``."""
-    base = model.base_model
-    original = base.forward
-    base.forward = lambda *args, **kwargs: make(original, *args, **kwargs)
-    try:
-        yield
-    finally:
-        del base.forward  # back to the class's forward
+class _StandIn:
+    """Takes a submodule's place in a view: calls ``call(module, *args, **kwargs)``; attributes fall through."""
+
+    __slots__ = ("module", "call")
+
+    def __init__(self, module: nn.Module, call: Callable[..., Any]) -> None:
+        self.module = module
+        self.call = call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.call(self.module, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+
+def _view(module: nn.Module, replace: Mapping[str, Any]) -> nn.Module:
+    """A shallow copy of ``module`` with the submodules at the dotted paths of ``replace`` swapped.
+
+    Only the modules on those paths are copied, and only their child tables; parameters, buffers and
+    every other module are shared. ``module`` itself is never changed, so views are thread-safe.
+    """
+    if not replace:
+        return module
+    view = copy.copy(module)
+    children = dict(module._modules)
+    nested: dict[str, dict[str, Any]] = {}
+    for path, new in replace.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = new
+        else:
+            children[head] = new
+    for head, sub in nested.items():
+        children[head] = _view(module._modules[head], sub)
+    view.__dict__["_modules"] = children
+    return view
+
+
+def _module_path(root: nn.Module, target: nn.Module | None) -> str | None:
+    """The dotted name of ``target`` inside ``root`` (None if absent or ``root`` itself)."""
+    if target is None or target is root:
+        return None
+    return next((name for name, m in root.named_modules() if m is target), None)
+
+
+def structural_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer (no tensor is copied).
+
+    Its modes (``train()`` / ``eval()``) and child tables are its own: scoring switches it to eval
+    mode without touching the caller's model.
+    """
+    memo: dict[int, nn.Module] = {}
+
+    def walk(m: nn.Module) -> nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        c = copy.copy(m)
+        memo[id(m)] = c
+        c.__dict__["_parameters"] = dict(m._parameters)
+        c.__dict__["_buffers"] = dict(m._buffers)
+        c.__dict__["_modules"] = {k: walk(v) if v is not None else None for k, v in m._modules.items()}
+        return c
+
+    return walk(module)
 
 
 def _gather_rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -47,18 +105,28 @@ def _gather_rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], positions]
 
 
-def default_max_length(model: nn.Module, tokenizer: Any) -> int:
-    """The longest input the model takes: the tokenizer's limit, else the position table's."""
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < 100_000:
-        return limit
-    n_pos = getattr(model.config, "max_position_embeddings", None)
-    if not n_pos:
-        return 512
-    # position ids that start after the padding index (RoBERTa family) leave fewer usable slots
+def position_limit(model: nn.Module, tokenizer: Any) -> int | None:
+    """The most tokens a model with absolute position embeddings can take (None: no fixed table)."""
+    config = model.config
+    n_pos = getattr(config, "max_position_embeddings", None)
+    relative = getattr(config, "position_embedding_type", "absolute") not in (None, "absolute") or (
+        getattr(config, "position_biased_input", True) is False
+    )
+    if not isinstance(n_pos, int) or relative:
+        return None
     embeddings = getattr(model.base_model, "embeddings", None)
     padding_idx = getattr(embeddings, "padding_idx", None)
     return n_pos - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+
+
+def default_max_length(model: nn.Module, tokenizer: Any) -> int:
+    """The longest input the model takes: the tokenizer's limit and the position table's, whichever is less."""
+    limits = [position_limit(model, tokenizer)]
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < 100_000:
+        limits.append(declared)
+    limits = [n for n in limits if n is not None]
+    return min(limits) if limits else 512
 
 
 class PromptModel(nn.Module):
@@ -81,14 +149,23 @@ class PromptModel(nn.Module):
         super().__init__()
         self.mlm = mlm
         self.tokenizer = tokenizer
+        self._base_path = _module_path(mlm, mlm.base_model)
+        self._output_path = _module_path(mlm, mlm.get_output_embeddings())
         self.template = template
         # without a verbalizer (label-word search) the answer slot is one mask wide
         self.label_words = LabelWords.build(verbalizer, tokenizer) if verbalizer is not None else None
-        self.soft_prompt = self._build_soft_prompt(seed) if template.has_soft_tokens else None
         soft_counts = tuple(self._soft_counts())
+        limit = position_limit(mlm, tokenizer)
+        if max_length is not None and limit is not None and max_length > limit:
+            raise ValueError(
+                f"max_length={max_length} is more than {type(mlm).__name__} takes ({limit} positions): "
+                f"use max_length <= {limit}, or leave it None for the model's own limit"
+            )
         max_length = max_length or default_max_length(mlm, tokenizer)
         n_mask = self.label_words.max_tokens if self.label_words is not None else 1
+        # checks the template against the tokenizer and max_length before any soft-prompt tensor exists
         self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts)
+        self.soft_prompt = self._build_soft_prompt(seed) if template.has_soft_tokens else None
         self.split_head = self._probe_split()
         if not self.split_head:
             logger.warning(
@@ -156,6 +233,8 @@ class PromptModel(nn.Module):
         """
         if self.label_words is None or list(self.label_words.groups) != [1] or not self.split_head:
             return False
+        if self._output_path is None or self._base_path is None or self._output_path.startswith(self._base_path + "."):
+            return False
         if not isinstance(self.mlm.get_output_embeddings(), nn.Linear):
             return False
         was_training = self.mlm.training
@@ -169,8 +248,7 @@ class PromptModel(nn.Module):
             rows = self.mask_hidden(batch)  # (2, 1, H)
             ids = self._label_ids()
             full = self.head_logits(rows)[..., ids]
-            with self._label_vocab():
-                restricted = self.head_logits(rows)
+            restricted = self.head_logits(rows, self._label_vocab())
             return bool(restricted.shape == full.shape and torch.allclose(restricted, full, atol=1e-4, rtol=1e-4))
         except Exception as e:
             logger.debug("label-vocabulary probe failed: %r", e)
@@ -181,16 +259,14 @@ class PromptModel(nn.Module):
     def _label_ids(self) -> torch.Tensor:
         return torch.tensor([ids[0] for ids in self.label_words.token_ids], device=self.device)
 
-    @contextlib.contextmanager
-    def _label_vocab(self) -> Iterator[None]:
-        """Within the block the output layer computes the label words' rows only: (..., W) logits."""
-        out = self.mlm.get_output_embeddings()
+    def _label_vocab(self) -> dict[str, _StandIn]:
+        """A view replacement: the output layer computes the label words' rows only, (..., W) logits."""
         ids = self._label_ids()
-        out.forward = lambda x: nn.functional.linear(x, out.weight[ids], out.bias[ids] if out.bias is not None else None)
-        try:
-            yield
-        finally:
-            del out.forward
+
+        def rows(out: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(x, out.weight[ids], out.bias[ids] if out.bias is not None else None)
+
+        return {self._output_path: _StandIn(self.mlm.get_output_embeddings(), rows)}
 
     def relative_class_scores(self, encoded: Sequence[Encoded] | None = None, rows: torch.Tensor | None = None):
         """(B, C) class scores up to a per-example constant, for training.
@@ -206,8 +282,8 @@ class PromptModel(nn.Module):
                 return self.class_scores_from_words({n: self.word_scores_from_logits(n, self.head_logits(r))
                                                      for n, r in rows.items()})
             return self.class_scores(encoded)
-        with self._label_vocab():
-            logits = self.head_logits(rows[1]) if rows is not None else self.mask_logits(self.batch(encoded, 1))
+        only = self._label_vocab()
+        logits = self.head_logits(rows[1], only) if rows is not None else self.mask_logits(self.batch(encoded, 1), only)
         return self.label_words.aggregate(logits[:, 0].float())  # (B, W) logits -> (B, C)
 
     @property
@@ -230,19 +306,28 @@ class PromptModel(nn.Module):
             inputs["input_ids"] = batch["input_ids"]
         return inputs
 
-    def _split_logits(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        def gather(original, *args, **kwargs):
-            out = original(*args, **kwargs)
+    def _with_base(self, call: Callable[..., BaseModelOutput], extra: Mapping[str, Any] | None = None) -> nn.Module:
+        """A view of the MLM whose base model answers ``call(base, *args, **kwargs)``."""
+        if self._base_path is None:
+            raise ValueError(f"{type(self.mlm).__name__} has no separate base model to stand in for")
+        return _view(self.mlm, {self._base_path: _StandIn(self.mlm.base_model, call), **(extra or {})})
+
+    def _split_logits(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor,
+                      extra: Mapping[str, Any] | None = None) -> torch.Tensor:
+        def gather(base: nn.Module, *args: Any, **kwargs: Any) -> BaseModelOutput:
+            out = base(*args, **kwargs)
             return BaseModelOutput(last_hidden_state=_gather_rows(out[0], positions))
 
-        with _base_output(self.mlm, gather):
-            return self.mlm(**inputs).logits  # (B, M, V)
+        return self._with_base(gather, extra)(**inputs).logits  # (B, M, V)
 
-    def mask_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, M, V) logits at the answer-slot positions; the head runs on those rows only."""
+    def mask_logits(self, batch: dict[str, torch.Tensor], extra: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """(B, M, V) logits at the answer-slot positions; the head runs on those rows only.
+
+        ``extra``: further view replacements (the label-vocabulary output layer).
+        """
         inputs = self._model_inputs(batch)
         if self.split_head:
-            return self._split_logits(inputs, batch["mask_pos"])
+            return self._split_logits(inputs, batch["mask_pos"], extra)
         return _gather_rows(self.mlm(**inputs).logits, batch["mask_pos"])
 
     def mask_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -250,12 +335,12 @@ class PromptModel(nn.Module):
         hidden = self.mlm.base_model(**self._model_inputs(batch))[0]  # (B, L, H)
         return _gather_rows(hidden, batch["mask_pos"])
 
-    def head_logits(self, rows: torch.Tensor) -> torch.Tensor:
+    def head_logits(self, rows: torch.Tensor, extra: Mapping[str, Any] | None = None) -> torch.Tensor:
         """The MLM head alone on (B, M, H) rows -> (B, M, V); the encoder does not run."""
         b, m = rows.shape[:2]
         dummy = torch.zeros((b, m), dtype=torch.long, device=rows.device)
-        with _base_output(self.mlm, lambda original, *a, **k: BaseModelOutput(last_hidden_state=rows)):
-            return self.mlm(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits
+        view = self._with_base(lambda base, *a, **k: BaseModelOutput(last_hidden_state=rows), extra)
+        return view(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits
 
     # ------------------------------------------------------------------ scores
     def batch(self, encoded: Sequence[Encoded], n_mask: int) -> dict[str, torch.Tensor]:

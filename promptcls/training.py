@@ -23,7 +23,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import LEARNING_RATES
 from .encoding import Encoded, collate, length_batches, micro_batches
 from .inputs import to_rows
 from .modeling import PromptModel
@@ -42,13 +42,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["train", "trainable_parameters", "DEFAULT_LEARNING_RATES"]
 
-# (model or head learning rate, prompt learning rate) per mode: few-shot defaults
-DEFAULT_LEARNING_RATES = {
-    "head": (1e-3, None),
-    "prompt": (None, 3e-3),
-    "head+prompt": (1e-3, 3e-3),
-    "full": (2e-5, 3e-3),
-}
+# (model or head learning rate, prompt learning rate) per mode: few-shot defaults (promptcls.defaults)
+DEFAULT_LEARNING_RATES = LEARNING_RATES
 
 
 def head_parameters(model: PromptModel) -> dict[str, torch.nn.Parameter]:
@@ -103,10 +98,11 @@ def _all_reduce_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def _diverged(epoch: int, step: int, what: str, clf: PromptClassifier) -> str:
+    return (
+        f"training diverged at epoch {epoch + 1}, optimiser step {step}: {what}; lower learning_rate "
+        f"(now {clf.learning_rate!r}, None is the mode's default) or prompt_learning_rate, or set max_grad_norm"
+    )
 
 
 def _label_indices(y: Sequence[Any], classes: Sequence[Any]) -> torch.Tensor:
@@ -222,9 +218,11 @@ def train(
     distillation loss ``T^2 * KL(soft || softmax(scores / T))`` instead of cross-entropy on ``y``.
     """
     model: PromptModel = clf.model_
-    mode = str(clf.train_mode if isinstance(clf.train_mode, str) else clf.train_mode.value)
-    _seed_everything(clf.random_state)
-    generator = torch.Generator().manual_seed(clf.random_state)
+    from .estimator import TrainingDiverged
+
+    mode = clf.train_mode_.value
+    seed = clf.random_state_  # the caller seeded torch's generators (dropout) and restores them after
+    generator = torch.Generator().manual_seed(seed)
 
     default_lr, default_prompt_lr = DEFAULT_LEARNING_RATES[mode]
     lr = clf.learning_rate if clf.learning_rate is not None else default_lr
@@ -238,11 +236,7 @@ def train(
 
     rows = to_rows(X, model.template.fields, clf.columns)
     if soft_labels is not None:
-        targets = torch.as_tensor(np.asarray(soft_labels, dtype=np.float32)).to(model.device)
-        n_classes = len(clf.classes_)
-        if targets.ndim != 2 or targets.shape[1] != n_classes or (targets < 0).any():
-            raise ValueError(f"soft_labels must be an (n, {n_classes}) array of class probabilities")
-        targets = targets / targets.sum(1, keepdim=True)
+        targets = torch.as_tensor(np.asarray(soft_labels, dtype=np.float32)).to(model.device)  # checked by fit
     else:
         targets = _label_indices(list(y), clf.classes_.tolist()).to(model.device)
     if len(rows) != len(targets):
@@ -289,7 +283,7 @@ def train(
         model.train()
 
     rank, world = _distributed()
-    masking = torch.Generator().manual_seed(clf.random_state + 7919 * (rank + 1))  # per process: MLM masks
+    masking = torch.Generator().manual_seed(seed + 7919 * (rank + 1))  # per process: MLM masks
     if world > 1 and rank == 0:
         logger.info("data-parallel training on %d processes", world)
     history: list[dict[str, float]] = []
@@ -327,6 +321,8 @@ def train(
                             loss = _loss(scores.float(), targets[part.to(targets.device)], temperature)
                             loss = loss * (weight * len(part) / len(idx))
                         total += loss.item()
+                        if not math.isfinite(total) and scaler is None:
+                            raise TrainingDiverged(_diverged(epoch, step, f"the loss is {total}", clf))
                         loss = loss * share / accumulation
                         (scaler.scale(loss) if scaler else loss).backward()
                     if alpha is not None:
@@ -353,6 +349,8 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                if not all(bool(torch.isfinite(p).all()) for p in trained.values()):
+                    raise TrainingDiverged(_diverged(epoch, step, "the trained weights are not finite", clf))
                 bar.update(1)
                 if step >= total_steps:
                     break
@@ -370,6 +368,7 @@ def train(
                 if best is None or log["eval_accuracy"] > best[0]:
                     best = (log["eval_accuracy"], {n: p.detach().clone() for n, p in trained.items()})
                     best_epoch = epoch + 1
+                log["best_epoch"], log["best_eval_accuracy"] = best_epoch, best[0]
             logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in log.items()})
             history.append(log)
             for callback in callbacks:
@@ -385,7 +384,8 @@ def train(
         with torch.no_grad():
             for name, value in best[1].items():
                 trained[name].copy_(value)
-        logger.info("kept the epoch with the best eval accuracy (%.4f)", best[0])
+        clf.best_epoch_, clf.best_dev_accuracy_ = best_epoch, best[0]
+        logger.info("kept epoch %d of %d, the best eval accuracy (%.4f)", best_epoch, len(history), best[0])
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

@@ -8,6 +8,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["Verbalizer", "Aggregation", "LabelWords"]
@@ -64,6 +65,8 @@ class Verbalizer:
         words: dict[Hashable, tuple[str, ...]] = {}
         owner: dict[str, Hashable] = {}
         for label, ws in items:
+            if isinstance(label, np.generic):
+                label = label.item()  # numpy class keys (from pandas labels) as plain values: they save as JSON
             if not isinstance(label, Hashable) or isinstance(label, (list, dict, set)):
                 raise TypeError(f"class labels must be hashable, got {label!r}")
             ws = (ws,) if isinstance(ws, str) else tuple(ws)
@@ -144,6 +147,7 @@ class LabelWords:
     @classmethod
     def build(cls, verbalizer: Verbalizer, tokenizer: Any) -> LabelWords:
         token_ids, word_class = [], []
+        seen: dict[tuple[int, ...], tuple[str, Hashable]] = {}
         unk = tokenizer.unk_token_id
         for c, label in enumerate(verbalizer.classes):
             for w in verbalizer.words[label]:
@@ -154,6 +158,14 @@ class LabelWords:
                         f"label word {w!r} of class {label!r} becomes the unknown token {tokenizer.unk_token!r} "
                         f"({pieces}): choose a word in the model's vocabulary"
                     )
+                same = seen.get(tuple(ids))
+                if same is not None:
+                    raise ValueError(
+                        f"label words {same[0]!r} (class {same[1]!r}) and {w!r} (class {label!r}) are the same tokens "
+                        f"for this tokenizer ({tokenizer.convert_ids_to_tokens(ids)}; it may lowercase or strip accents): "
+                        "they would always score alike, so keep one of them"
+                    )
+                seen[tuple(ids)] = (w, label)
                 token_ids.append(ids)
                 word_class.append(c)
         if verbalizer.aggregation == Aggregation.MEAN_LOGIT:

@@ -62,10 +62,14 @@ def test_pair_truncates_longest_field_first(bert):
 
 def test_template_longer_than_max_length_is_an_error(bert):
     model, tokenizer = bert
+    # refused at fit, not at the first predict
     clf = PromptClassifier(model, "{text} It was [SOFT*20] [MASK].", {"a": "good", "b": "bad"}, tokenizer=tokenizer, max_length=12)
-    clf.fit()
-    with pytest.raises(ValueError, match="needs more than max_length=12 tokens even with empty text fields"):
-        clf.predict(["the food was good"])
+    with pytest.raises(ValueError, match=r"20 soft tokens, more than max_length=12"):
+        clf.fit()
+    clf = PromptClassifier(model, "{text} It was really very quite good [SOFT*4] [MASK].", {"a": "good", "b": "bad"},
+                           tokenizer=tokenizer, max_length=12)
+    with pytest.raises(ValueError, match=r"needs 14 tokens with empty text fields .* more than max_length=12"):
+        clf.fit()
 
 
 def test_text_with_a_mask_token_is_an_error(bert):

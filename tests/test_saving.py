@@ -63,14 +63,26 @@ def test_other_base_model_is_refused(trainable_bert, bert, tmp_path):
     retrained = copy.deepcopy(trainable_bert[0])  # same configuration and vocabulary, other weights
     with torch.no_grad():
         retrained.get_input_embeddings().weight.add_(0.1)
-    with pytest.raises(ValueError, match="different input embeddings"):
+    with pytest.raises(ValueError, match="same config and vocabulary but other weights"):
         PromptClassifier.from_pretrained(tmp_path / "saved", model=retrained, tokenizer=tokenizer)
+    # the embeddings untouched, one encoder layer changed (the old fingerprint sampled embeddings only)
+    retrained = copy.deepcopy(trainable_bert[0])
+    with torch.no_grad():
+        retrained.bert.encoder.layer[1].output.dense.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="same config and vocabulary but other weights"):
+        PromptClassifier.from_pretrained(tmp_path / "saved", model=retrained, tokenizer=tokenizer)
+    # the same weights in bfloat16 still load: they match at the precision they share
+    half = copy.deepcopy(trainable_bert[0]).to(torch.bfloat16)
+    PromptClassifier.from_pretrained(tmp_path / "saved", model=half, tokenizer=tokenizer)
 
 
 def test_missing_and_corrupted_files(trainable_bert, tmp_path):
     model, tokenizer = trainable_bert
-    with pytest.raises(FileNotFoundError, match="not a saved PromptClassifier"):
+    with pytest.raises(FileNotFoundError, match="does not exist or is not a folder"):
         PromptClassifier.from_pretrained(tmp_path / "nothing", model=model, tokenizer=tokenizer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a saved PromptClassifier"):
+        PromptClassifier.from_pretrained(tmp_path / "empty", model=model, tokenizer=tokenizer)
     clf = make(trainable_bert, "head", epochs=1).fit(X, Y)
     clf.save_pretrained(tmp_path / "saved")
     weights = tmp_path / "saved" / "trained.safetensors"

@@ -37,7 +37,7 @@ def test_clone_and_params(trainable_bert):
     twin = clone(clf)
     assert twin.get_params()["learning_rate"] == 1e-2 and twin.get_params()["template"] == TEMPLATES["head"]
     twin.set_params(template=TEMPLATES["prompt"], epochs=3)
-    assert twin.template == TEMPLATES["prompt"] and twin.epochs == 3 and clf.epochs == 10
+    assert twin.template == TEMPLATES["prompt"] and twin.epochs == 3 and clf.epochs == 20
 
 
 def fast(trainable_bert, **kw):

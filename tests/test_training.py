@@ -296,7 +296,7 @@ def test_head_learning_rate_moves_the_head_at_its_own_rate(trainable_bert):
 def test_head_learning_rate_needs_a_mode_that_trains_the_head(trainable_bert):
     with pytest.raises(ValueError, match="head_learning_rate is set but train_mode='prompt' does not train the MLM head"):
         make(trainable_bert, "prompt", head_learning_rate=1e-2).fit(X, Y)
-    with pytest.raises(ValueError, match="head_learning_rate must be a positive number or None, got -0.1"):
+    with pytest.raises(ValueError, match=r"head_learning_rate must be a positive finite number or None, got -0.1"):
         make(trainable_bert, "full", head_learning_rate=-0.1).fit(X, Y)
 
 
