@@ -72,7 +72,9 @@ def run(task: str, seed: int, mode: str, setting: str, model: str, work: Path, m
     seconds = time.perf_counter() - start
     found = re.search(r"best dev accuracy ([\d.]+) at epoch (\d+) of (\d+)", err)
     report = work / f"{saved.name}.json"
-    status, err = cli(["evaluate", "--saved", str(saved), "--input", str(test_csv), "--json", str(report), "--quiet"])
+    # the test CSV names its column after the template field; the save may map the field to another one
+    status, err = cli(["evaluate", "--saved", str(saved), "--input", str(test_csv), "--column", "text=text",
+                       "--json", str(report), "--quiet"])
     if status:
         raise RuntimeError(f"promptcls evaluate failed: {err}")
     return {
@@ -135,7 +137,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, minutes: float, mod
         "```bash",
         command(example_before["train_argv"], model),
         command(example["train_argv"], model),
-        "promptcls evaluate --saved DIR --input TEST.csv --json report.json --quiet",
+        "promptcls evaluate --saved DIR --input TEST.csv --column text=text --json report.json --quiet",
         "```",
         "",
         "Reproduce:",

@@ -406,7 +406,8 @@ class _DropLoadMessage(logging.Filter):
     """The library's own note on weights a checkpoint lacks: each command says it in its own words."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.funcName != "load_model"
+        loading = record.name == "promptcls.estimator" and record.funcName in ("load_model", "_build")
+        return not (loading and "weights" in str(record.msg))
 
 
 def _quiet_transformers() -> None:

@@ -258,7 +258,8 @@ def test_an_untrained_head_is_said_plainly_per_command(workdir):
     assert "has no pretrained MLM head" in words.stderr and "the words found mean nothing" in words.stderr
     zero = run("predict", "--model", workdir / "headless", *base, "--verbalizer", VERBALIZER)
     assert zero.returncode == 0 and "zero-shot scores mean nothing" in zero.stderr
-    for result in (words, zero):
+    for result in (words, zero):  # one note, the command's own: not the library's as well
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "saved with the classifier" not in result.stderr and "initialised randomly" not in result.stderr
 
     trained = run("train", "--model", workdir / "headless", *base, "--verbalizer", VERBALIZER, "--epochs", "1",
