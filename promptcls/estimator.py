@@ -533,6 +533,13 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if not rows:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         scores = self._scores(rows)
+        finite = torch.isfinite(scores).all(1)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0, 0])
+            raise FloatingPointError(
+                f"the class scores of row {i} are not finite ({scores[i].tolist()}): the model's weights hold NaN or "
+                "infinite values; retrain with a lower learning rate or reload the model"
+            )
         if self.calibration_ is not None:
             scores = scores.log_softmax(-1) - self.calibration_
         return scores.numpy()

@@ -122,6 +122,7 @@ class MultiLabelPromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator)
                 f"template {template.source!r} has no {{{self.label_field}}} field for the label description"
             )
         descriptions = self._descriptions()
+        thresholds = _thresholds(self.threshold, list(descriptions))
         verbalizer = self.verbalizer or {"no": ["no"], "yes": ["yes"]}
         params = dict(self.classifier_params or {})
         self.template_ = template
@@ -143,8 +144,7 @@ class MultiLabelPromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator)
         if self.positive not in classes:
             raise ValueError(f"positive={self.positive!r} is not a class of the yes/no verbalizer {classes}")
         self.positive_index_ = classes.index(self.positive)
-        thresholds = np.broadcast_to(np.asarray(self.threshold, dtype=float), (len(descriptions),))
-        self.thresholds_ = thresholds.copy()
+        self.thresholds_ = thresholds
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -180,3 +180,19 @@ def multilabel_report(Y_true: np.ndarray, Y_pred: np.ndarray) -> dict[str, float
         "subset_accuracy": float(np.mean(np.all(Y_true == Y_pred, axis=1))),
         "hamming_loss": float(hamming_loss(Y_true, Y_pred)),
     }
+
+
+def _thresholds(threshold: Any, labels: list[Any]) -> np.ndarray:
+    """One threshold for every label, or one per label."""
+    try:
+        values = np.asarray(threshold, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number or one number per label, got {threshold!r}") from None
+    if values.ndim > 1 or (values.ndim == 1 and len(values) != len(labels)):
+        raise ValueError(
+            f"threshold has {values.size} values but there are {len(labels)} labels {labels}: "
+            "give one threshold for all labels or one per label"
+        )
+    if not np.isfinite(values).all():  # above 1 a label is never on, below 0 always
+        raise ValueError(f"threshold must be finite numbers, got {threshold!r}")
+    return np.broadcast_to(values, (len(labels),)).copy()

@@ -130,12 +130,20 @@ class PETClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         pairs = self._validate()
         if unlabeled is None:
             raise ValueError("PET distils on unlabeled texts: fit(X, y, unlabeled=texts)")
-        self.patterns_ = pairs
-        self.classes_ = np.asarray(list(pairs[0][1].classes), dtype=object)
-        y = list(y)
+        if X is None or y is None:
+            raise ValueError("PET trains its patterns on labelled data: fit(X, y, unlabeled=texts)")
         fields = pairs[0][0].fields
         unlabeled_rows = to_rows(unlabeled, fields, self.columns)
         labelled_rows = to_rows(X, fields, self.columns)
+        y = list(y)
+        if not unlabeled_rows:
+            raise ValueError("unlabeled is empty: PET distils its final model on unlabeled texts; pass some")
+        if not labelled_rows:
+            raise ValueError("X is empty: PET trains its patterns on labelled examples; pass some")
+        if len(y) != len(labelled_rows):
+            raise ValueError(f"X has {len(labelled_rows)} rows but y has {len(y)} labels")
+        self.patterns_ = pairs
+        self.classes_ = np.asarray(list(pairs[0][1].classes), dtype=object)
 
         if self.ensemble == "weighted":  # PET's wmean: accuracy on the labelled set before training
             weights = np.array([

@@ -139,6 +139,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -214,6 +227,7 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
     try:
         _write_bytes(staging / CONFIG_NAME, text.encode())
         save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt", "promptcls_version": __version__})
+        os.chmod(staging / WEIGHTS_NAME, 0o666 & ~_umask())  # safetensors writes 0600; a save is an ordinary file
         _fsync(staging / WEIGHTS_NAME)
         _fsync(staging)
         if not target.exists():

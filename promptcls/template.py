@@ -35,7 +35,11 @@ _SOFT_COUNT = re.compile(r"SOFT\*(\d+)\Z")
 
 
 class TemplateError(ValueError):
-    """A template string that cannot be parsed or used, with the position of the problem."""
+    """A template string that cannot be parsed or used; ``position`` is the character where the problem is."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
 
 
 class PromptEncoderType(str, Enum):
@@ -90,11 +94,17 @@ class RenderedSegment:
 
 def _error(source: str, pos: int, message: str) -> TemplateError:
     pointer = f"\n  {source}\n  {' ' * pos}^"
-    return TemplateError(f"template position {pos}: {message}{pointer}")
+    return TemplateError(f"template position {pos}: {message}{pointer}", position=pos)
 
 
-def _parse(source: str) -> list[list[Part]]:
-    """Split ``source`` into segments of parts. Raises ``TemplateError`` with the position."""
+def _parse(source: str, where: dict[str, list[int]] | None = None) -> list[list[Part]]:
+    """Split ``source`` into segments of parts. Raises ``TemplateError`` with the position.
+
+    ``where`` collects the character positions of the ``"mask"`` and ``"sep"`` slots.
+    """
+    where = where if where is not None else {}
+    where.setdefault("mask", [])
+    where.setdefault("sep", [])
     segments: list[list[Part]] = [[]]
     buf: list[str] = []
 
@@ -125,8 +135,10 @@ def _parse(source: str) -> list[list[Part]]:
                 segments[-1].append(Field(body))
             elif body == "MASK":
                 segments[-1].append(Mask())
+                where["mask"].append(i)
             elif body == "SEP":
                 segments.append([])
+                where["sep"].append(i)
             elif body == "SOFT":
                 segments[-1].append(Soft(1))
             elif m := _SOFT_COUNT.match(body):
@@ -188,31 +200,34 @@ class Template:
             choices = ", ".join(repr(e.value) for e in PromptEncoderType)
             raise ValueError(f"prompt_encoder={prompt_encoder!r} is not one of {choices}") from None
         self.source = template
-        segments = _parse(template)
+        where: dict[str, list[int]] = {}
+        segments = _parse(template, where)
         parts = [p for seg in segments for p in seg]
         n_masks = sum(isinstance(p, Mask) for p in parts)
         if n_masks != 1:
-            raise TemplateError(
-                f"a template needs exactly one [MASK] answer slot, found {n_masks} in {template!r}"
-            )
+            pos = where["mask"][1] if n_masks > 1 else len(template)
+            raise _error(template, pos, f"a template needs exactly one [MASK] answer slot, found {n_masks}")
         if len(segments) > 2:
-            raise TemplateError(f"a template has at most two segments (one [SEP]), found {len(segments)} in {template!r}")
+            raise _error(template, where["sep"][1], f"a template has at most two segments (one [SEP]), found {len(segments)}")
         if any(not seg for seg in segments):
-            raise TemplateError(f"[SEP] must have text on both sides in {template!r}")
+            raise _error(template, where["sep"][0], "[SEP] must have text on both sides")
         fields = [p.name for p in parts if isinstance(p, Field)]
         if not fields:
-            raise TemplateError(f"a template needs at least one {{field}} for the input text, found none in {template!r}")
+            raise _error(template, 0, "a template needs at least one {field} for the input text, found none")
         if len(segments) == 1 and len(set(fields)) >= 2:
             # the second segment starts at the second distinct field
             second = next(i for i, p in enumerate(parts) if isinstance(p, Field) and p.name != fields[0])
             segments = [parts[:second], parts[second:]]
         if self.prompt_encoder != PromptEncoderType.NONE and not any(isinstance(p, Soft) for p in parts):
-            raise TemplateError(
-                f"prompt_encoder={self.prompt_encoder.value!r} re-parameterises soft tokens, but {template!r} has "
-                "none: add [SOFT] slots or use prompt_encoder='none'"
+            raise _error(
+                template, 0, f"prompt_encoder={self.prompt_encoder.value!r} re-parameterises soft tokens, but the "
+                "template has none: add [SOFT] slots or use prompt_encoder='none'"
             )
         if len(segments) == 2:  # spaces at the segment boundary would become stray tokens for BPE tokenizers
             segments = [_strip_edge(segments[0], end=True), _strip_edge(segments[1], end=False)]
+            if any(not seg for seg in segments):
+                raise _error(template, where["sep"][0] if where["sep"] else 0,
+                             "each segment of a sentence pair needs more than spaces")
         self.segments: tuple[tuple[Part, ...], ...] = tuple(tuple(s) for s in segments)
         self.fields: tuple[str, ...] = tuple(dict.fromkeys(fields))
 
