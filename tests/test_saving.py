@@ -153,3 +153,36 @@ def test_checkpoint_without_mlm_head_is_seeded_and_its_head_saved(trainable_bert
     torch.manual_seed(789)
     loaded = PromptClassifier.from_pretrained(tmp_path / "saved", random_state=5)  # another seed: the file wins
     np.testing.assert_array_equal(loaded.decision_function(X), clf.decision_function(X))
+
+
+def test_loading_a_trained_save_is_quiet_and_warns_only_when_a_head_is_random(trainable_bert, tmp_path, caplog, capfd):
+    """One promptcls message for a checkpoint's missing head, none once a save restores it, and no transformers noise."""
+    import logging
+
+    import transformers
+
+    model, tokenizer = trainable_bert
+    transformers.BertModel(model.config).save_pretrained(tmp_path / "encoder")  # no cls.* weights
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    path = str(tmp_path / "encoder")
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING, logger="promptcls"):
+        clf = PromptClassifier(path, TEMPLATES["head"], WORDS, train_mode="head", epochs=1, progress=False).fit(X, Y)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("promptcls")]
+    assert len(messages) == 1 and "ships no weights for 5 parameters" in messages[0]
+    # the same message, word for word, on every load: the parameters are named in a stable order
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="promptcls"):
+        PromptClassifier(path, TEMPLATES["head"], WORDS, progress=False).fit()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("promptcls")] == messages
+    assert "saved with the classifier" not in messages[0]
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "Loading weights" not in err and "seem corrupted" not in err
+
+    clf.save_pretrained(tmp_path / "saved")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        loaded = PromptClassifier.from_pretrained(tmp_path / "saved")
+    assert not [r for r in caplog.records if "ships no weights" in r.getMessage()]
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    np.testing.assert_array_equal(loaded.decision_function(X), clf.decision_function(X))
