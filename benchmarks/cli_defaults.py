@@ -3,7 +3,9 @@
 before: what ``promptcls train`` did by default until issue 13: 10 epochs, head learning rate 1e-3
         (full 2e-5), the last epoch kept (no dev file);
 after:  today's defaults (``promptcls.defaults``: 20 epochs, head 1e-2, full 1e-4) with ``--dev``, so
-        the best dev epoch is kept.
+        the best dev epoch is kept;
+last:   today's defaults without ``--dev`` (the last of the 20 epochs kept): what the rates and epochs
+        do without the dev selection.
 
 Each run is ``promptcls train`` on the LM-BFF 16-shot files as published (SST-2's TSV with its header,
 MR's and CR's headerless CSVs read with ``--no-header --names label,text``; the dev file of the same
@@ -64,7 +66,10 @@ def run(task: str, seed: int, mode: str, setting: str, model: str, work: Path, m
     saved = work / f"{task}-{seed}-{mode}-{setting}"
     train = ["train", "--model", model, "--task", task, "--input", str(split_dir / name.format(split="train")), *read,
              "--mode", mode, "--seed", str(seed), "--output-dir", str(saved), "--quiet"]
-    train += BEFORE[mode] if setting == "before" else ["--dev", str(split_dir / name.format(split="dev"))]
+    if setting == "before":
+        train += BEFORE[mode]
+    elif setting == "after":
+        train += ["--dev", str(split_dir / name.format(split="dev"))]
     start = time.perf_counter()
     status, err = cli(train)
     if status:
@@ -102,27 +107,33 @@ def write_report(rows: list[dict], args: argparse.Namespace, minutes: float, mod
         f"class for train and for dev), test sets capped at {args.max_test} examples (seeded sample). "
         "**before**: the CLI's old defaults, 10 epochs at head 1e-3 / full 2e-5, last epoch kept, no dev file. "
         "**after**: today's defaults (`promptcls.defaults`: 20 epochs, head 1e-2 / full 1e-4, batch 8) with "
-        "`--dev`, best dev epoch kept (the epoch and its dev accuracy in the last column).",
+        "`--dev`, best dev epoch kept (the epoch and its dev accuracy in the last column). **last**: today's "
+        "defaults without `--dev` (the 20th epoch kept), to tell the rates and epochs from the dev selection.",
         "",
-        "| mode | task | seed | before | after | after - before | kept epoch (dev acc.) |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | task | seed | before | after | after - before | last | kept epoch (dev acc.) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["mode"], r["task"], r["seed"], r["setting"]): r for r in rows}
     for mode in args.modes:
-        diffs, befores, afters = [], [], []
+        diffs, befores, afters, lasts = [], [], [], []
         for task in args.tasks:
             for seed in args.seeds:
                 b, a = by.get((mode, task, seed, "before")), by.get((mode, task, seed, "after"))
+                last = by.get((mode, task, seed, "last"))
                 if not (a and b):
                     continue
                 befores.append(b["accuracy"])
                 afters.append(a["accuracy"])
                 diffs.append(a["accuracy"] - b["accuracy"])
+                if last:
+                    lasts.append(last["accuracy"])
                 lines.append(f"| {mode} | {task} | {seed} | {b['accuracy']:.1f} | {a['accuracy']:.1f} | "
-                             f"{diffs[-1]:+.1f} | {a['epoch']} ({100 * a['dev']:.1f}) |")
+                             f"{diffs[-1]:+.1f} | {last['accuracy'] if last else float('nan'):.1f} | "
+                             f"{a['epoch']} ({100 * a['dev']:.1f}) |")
         if diffs:
+            mean_last = f"{np.mean(lasts):.1f}" if len(lasts) == len(diffs) else ""
             lines.append(f"| **{mode}** | **mean** | | **{np.mean(befores):.1f}** | **{np.mean(afters):.1f}** | "
-                         f"**{np.mean(diffs):+.1f}** | |")
+                         f"**{np.mean(diffs):+.1f}** | **{mean_last}** | |")
     example = next(r for r in rows if r["setting"] == "after")
     example_before = next(r for r in rows if r["setting"] == "before")
     lines += [
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["sst2", "mr", "cr"], choices=sorted(FILES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[13, 21])
     parser.add_argument("--modes", nargs="+", default=["head", "full"], choices=["head", "full"])
+    parser.add_argument("--settings", nargs="+", default=["before", "after", "last"], choices=["before", "after", "last"])
     parser.add_argument("--max-test", type=int, default=500)
     parser.add_argument("--out", default=str(RESULTS / "cli_defaults.md"))
     args = parser.parse_args(argv)
@@ -169,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             for task in args.tasks:
                 for seed in args.seeds:
-                    for setting in ("before", "after"):
+                    for setting in args.settings:
                         row = run(task, seed, mode, setting, model, Path(tmp), args.max_test)
                         rows.append(row)
                         print(f"{mode:<5} {task:<5} {seed:<3} {setting:<6} {row['accuracy']:5.1f}  "
