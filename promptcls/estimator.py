@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from .defaults import EPOCHS, TRAIN_BATCH_SIZE
 from .encoding import length_batches
 from .inputs import to_rows
-from .modeling import PromptModel, structural_copy
+from .loading import load_model
+from .modeling import PromptModel, build_prompt_model, structural_copy
 from .saving import fingerprint, load_classifier, save_classifier
 from .template import Template
 from .verbalizer import Verbalizer
@@ -85,82 +86,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Within the block transformers logs errors only and shows no progress bars (its load report,
-    "Loading weights" bar and tied-weights notes); promptcls says what matters in one message."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a hub id (``org/name``)."""
-    return (
-        name.startswith((".", "~", os.sep)) or (os.altsep is not None and os.altsep in name)
-        or name.count("/") > 1 or os.path.isabs(name) or name.endswith((".json", ".safetensors", ".bin"))
-    )
-
-
-def load_model(model: Any, tokenizer: Any = None, missing: list[str] | None = None) -> tuple[torch.nn.Module, Any]:
-    """A masked LM and its tokenizer from a hub id, a local path, a loaded model, or a (model, tokenizer) pair.
-
-    Names of parameters the checkpoint lacks (freshly initialised, e.g. the MLM head of an encoder saved
-    without one) are appended to ``missing``, sorted. Remote code is never run (``trust_remote_code=False``).
-    """
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
-
-    if isinstance(model, tuple) and len(model) == 2:
-        model, tokenizer = model
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if isinstance(model, str):
-        if not model.strip():
-            raise ValueError("model is an empty string: give a hub id or a local path of a masked LM")
-        local = os.path.expanduser(model)
-        if os.path.exists(local):
-            if not os.path.isdir(local):
-                raise ValueError(f"model path {model!r} is a file: give the folder that holds config.json and the weights")
-            model = local
-        elif _looks_like_path(model):
-            raise FileNotFoundError(f"model path {model!r} does not exist: give an existing folder or a hub id")
-        try:
-            with quiet_transformers():
-                mlm, info = AutoModelForMaskedLM.from_pretrained(model, output_loading_info=True, trust_remote_code=False)
-                if tokenizer is None:
-                    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
-        except OSError as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise OSError(f"cannot load model {model!r}: {first}") from e
-        names = dict(mlm.named_parameters())
-        if missing is not None:
-            missing.extend(sorted(k for k in info.get("missing_keys", ()) if k in names))
-        return mlm, tokenizer
-    if isinstance(model, PreTrainedModel):
-        if tokenizer is None:
-            raise ValueError(
-                f"a loaded {type(model).__name__} needs its tokenizer: PromptClassifier(model, ..., tokenizer=tok) "
-                "or pass the hub id / local path instead"
-            )
-        if model.get_output_embeddings() is None:
-            raise ValueError(
-                f"{type(model).__name__} has no language-model head; load it with AutoModelForMaskedLM.from_pretrained"
-            )
-        return model, tokenizer
-    raise TypeError(
-        f"model must be a hub id, a local path, a loaded masked LM or a (model, tokenizer) pair, got {type(model).__name__}"
-    )
-
-
 def resolve_seed(random_state: Any) -> int:
     """An int seed from ``random_state``: an int, None (a fresh seed) or a numpy RandomState / Generator."""
     if random_state is None:
@@ -221,7 +146,7 @@ class TextInputMixin:
 
 
 class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
-    """Prompt-based classifier on a masked LM (PET-style): template + verbalizer -> class scores.
+    """Prompt-based classifier on a masked or causal LM (PET-style): template + verbalizer -> class scores.
 
     Zero-shot needs no labels::
 
@@ -232,7 +157,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     model : str, PreTrainedModel or (model, tokenizer)
-        Hub id or local path of a masked LM, or a loaded ``AutoModelForMaskedLM``.
+        Hub id or local path of a masked or causal LM, a ``.gguf`` file, ``"smollm2"`` (the
+        embedded SmolLM2-135M-Instruct), or a loaded ``AutoModelForMaskedLM`` /
+        ``AutoModelForCausalLM``.
         A loaded model is never modified: training works on a copy.
     template : str, Template or dict
         The prompt, with ``{field}`` slots, one ``[MASK]`` and optional ``[SOFT]`` tokens.
@@ -291,6 +218,19 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         With an ``eval_set``: stop once the dev accuracy has not improved for this many
         epochs (the best epoch is kept either way). ``None`` trains every epoch.
 
+    Causal LMs (:mod:`promptcls.families.causal`):
+
+    family : {"auto", "masked", "causal"}
+        The model family; ``"auto"`` reads it from the model or its config.
+    gguf_file : str, optional
+        A GGUF file inside the folder ``model`` names (or give the ``.gguf`` path as ``model``).
+    score_suffix : bool
+        Causal LMs: also score the text after the answer slot (the filled prompt's likelihood)
+        instead of the label word alone.
+    chat_template : bool
+        Causal LMs: wrap the prompt in the tokenizer's chat template, the answer opening the
+        assistant's turn (instruction-tuned models).
+
     ``fit(X, y, eval_set=(X_dev, y_dev))`` keeps the epoch with the best dev accuracy.
     """
 
@@ -324,6 +264,10 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         mlm_loss_weight: float | None = None,
         callbacks: Sequence[Any] | None = None,
         early_stopping_patience: int | None = None,
+        family: str = "auto",
+        gguf_file: str | None = None,
+        score_suffix: bool = False,
+        chat_template: bool = False,
     ) -> None:
         self.model = model
         self.template = template
@@ -352,6 +296,10 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.mlm_loss_weight = mlm_loss_weight
         self.callbacks = callbacks
         self.early_stopping_patience = early_stopping_patience
+        self.family = family
+        self.gguf_file = gguf_file
+        self.score_suffix = score_suffix
+        self.chat_template = chat_template
 
     # ------------------------------------------------------------------ sklearn plumbing
     def _validate(self) -> tuple[Template, Verbalizer]:
@@ -369,6 +317,13 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is not one of 'no', 'fp16', 'bf16'")
         _integer("early_stopping_patience", self.early_stopping_patience, 1, optional=True)
+        if self.family not in ("auto", "masked", "causal"):
+            raise ValueError(f"family={self.family!r} is not one of 'auto', 'masked', 'causal'")
+        if self.gguf_file is not None and not isinstance(self.gguf_file, str):
+            raise TypeError(f"gguf_file must be a file name, got {self.gguf_file!r}")
+        for name in ("score_suffix", "chat_template"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("learning_rate", "prompt_learning_rate", "head_learning_rate"):
             _number(name, getattr(self, name), 0.0, optional=True, low_open=True)
         _number("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
@@ -400,14 +355,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.random_state_ = resolve_seed(self.random_state)
         missing: list[str] = []
         with seeded(self.random_state_, device):  # weights a checkpoint lacks are initialised while loading
-            mlm, tokenizer = load_model(self.model, self.tokenizer, missing)
-        self.initialised_parameters_ = [f"mlm.{name}" for name in missing]
+            mlm, tokenizer = load_model(self.model, self.tokenizer, missing, family=self.family, gguf_file=self.gguf_file)
+        prefix = "mlm" if build_family(mlm, self.family) == "masked" else "lm"
+        self.initialised_parameters_ = [f"{prefix}.{name}" for name in missing]
         uncovered = [n for n in self.initialised_parameters_ if n not in covered]
         if uncovered:
             logger.warning(
                 "%s ships no weights for %d parameters (%s): they start at random (seeded by random_state); "
                 "scores from them mean nothing until they are trained (train_mode='head' or 'full')",
-                _model_name(self.model), len(uncovered), ", ".join(n.removeprefix("mlm.") for n in uncovered[:3])
+                _model_name(self.model), len(uncovered), ", ".join(n.split(".", 1)[1] for n in uncovered[:3])
                 + (", ..." if len(uncovered) > 3 else ""),
             )
         passed_in = not isinstance(self.model, (str, os.PathLike))
@@ -419,7 +375,12 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             else:
                 mlm = structural_copy(mlm)  # shares the weights; eval() below switches only our copy
         mlm.to(device)
-        model = PromptModel(mlm, tokenizer, template, verbalizer, max_length=self.max_length, seed=self.random_state_)
+        model = build_prompt_model(mlm, tokenizer, template, verbalizer, max_length=self.max_length,
+                                   seed=self.random_state_, family=self.family, score_suffix=self.score_suffix,
+                                   chat_template=self.chat_template)
+        if model.family == "causal" and Decoding(self.decoding) == Decoding.ITERATIVE:
+            raise ValueError("decoding='iterative' is PET's decoding for masked LMs; a causal LM scores multi-token "
+                             "words exactly, left to right: leave decoding='parallel'")
         return model.to(device).eval()  # training switches modes itself and switches back
 
     # ------------------------------------------------------------------ fit
@@ -568,6 +529,12 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         """Predicted labels, from ``classes_``."""
         scores = self.decision_function(X)
         return self.classes_[scores.argmax(1)]
+
+
+def build_family(lm: Any, family: str) -> str:
+    from .families import detect_family
+
+    return detect_family(lm) if family == "auto" else family
 
 
 def _model_name(model: Any) -> str:

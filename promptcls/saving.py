@@ -55,7 +55,7 @@ def _weights_digests(model: PromptModel, exclude: Iterable[str]) -> dict[str, st
     skip = set(exclude)
     names, samples = [], []
     for name, p in model.named_parameters():
-        if name in skip or not name.startswith("mlm."):
+        if name in skip or not name.startswith(model.lm_prefix + "."):
             continue
         flat = p.detach().reshape(-1)
         idx = torch.linspace(0, flat.numel() - 1, min(_SAMPLES_PER_TENSOR, flat.numel()), device=flat.device).long()
@@ -76,7 +76,7 @@ def fingerprint(model: PromptModel, exclude: Iterable[str] = ()) -> dict[str, An
 
     ``exclude``: parameters the checkpoint lacked (initialised at random, restored from the save).
     """
-    config = model.mlm.config.to_dict()
+    config = model.lm.config.to_dict()
     for key in ("_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype", "_attn_implementation",
                 "_attn_implementation_autoset", "output_hidden_states", "output_attentions", "return_dict"):
         config.pop(key, None)
@@ -200,7 +200,7 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
     tensors = {name: named[name].detach().contiguous().cpu() for name in stored}
     if clf.calibration_ is not None:
         tensors["calibration"] = clf.calibration_.detach().cpu()
-    base = clf.model if isinstance(clf.model, (str, os.PathLike)) else getattr(model.mlm, "name_or_path", "")
+    base = clf.model if isinstance(clf.model, (str, os.PathLike)) else getattr(model.lm, "name_or_path", "")
     params = {k: v for k, v in clf.get_params(deep=False).items() if k not in _NOT_SAVED}
     params["train_mode"] = clf.train_mode_.value
     params["random_state"] = clf.random_state_  # the seed this fit used (None or a generator resolve to it)
@@ -349,7 +349,7 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
                 f"different {what}: load it with the base model it was trained on"
             )
     if "embedding_sample" in saved_base and "weights_sha256" not in saved_base:  # saves of promptcls format 1
-        table = clf.model_.mlm.get_input_embeddings().weight.detach()
+        table = clf.model_.lm.get_input_embeddings().weight.detach()
         rows = torch.linspace(0, table.shape[0] - 1, 8).long()
         sample = table[rows.to(table.device), :4].float().cpu().flatten()
         matches = torch.allclose(sample, torch.tensor(saved_base["embedding_sample"]), atol=1e-3)

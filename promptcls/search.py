@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .estimator import load_model, resolve_device
+from .estimator import resolve_device
 from .inputs import to_rows
-from .modeling import PromptModel
+from .loading import load_model
+from .modeling import PromptModel, build_prompt_model
 from .template import Template
 from .verbalizer import Verbalizer
 
@@ -56,8 +57,7 @@ def _mask_log_probs(model: PromptModel, rows: list[dict[str, str]], batch_size: 
     encoded = model.encode(rows)
     out = []
     for start in range(0, len(encoded), batch_size):
-        batch = model.batch(encoded[start : start + batch_size], 1)
-        out.append(model.mask_logits(batch)[:, 0].float().log_softmax(-1).cpu())
+        out.append(model.slot_log_probs(encoded[start : start + batch_size]).cpu())
     return torch.cat(out)
 
 
@@ -75,6 +75,8 @@ def search_label_words(
     device: str = "auto",
     min_length: int = 2,
     exclude: set[str] | None = None,
+    family: str = "auto",
+    gguf_file: str | None = None,
 ) -> Verbalizer:
     """The ``k`` best label words per class for ``template`` on labelled examples ``(X, y)``.
 
@@ -85,9 +87,9 @@ def search_label_words(
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     template = Template.coerce(template)
-    mlm, tokenizer = load_model(model, tokenizer)
-    mlm.to(resolve_device(device))
-    prompt_model = PromptModel(mlm, tokenizer, template, None, max_length=max_length)
+    lm, tokenizer = load_model(model, tokenizer, family=family, gguf_file=gguf_file)
+    lm.to(resolve_device(device))
+    prompt_model = build_prompt_model(lm, tokenizer, template, None, max_length=max_length, family=family)
     rows = to_rows(X, template.fields, columns)
     labels = list(y)
     if len(labels) != len(rows):

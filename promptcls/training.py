@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .defaults import LEARNING_RATES
-from .encoding import Encoded, collate, length_batches, micro_batches
+from .encoding import Encoded, length_batches, micro_batches
 from .inputs import to_rows
 from .modeling import PromptModel
 
@@ -47,14 +47,8 @@ DEFAULT_LEARNING_RATES = LEARNING_RATES
 
 
 def head_parameters(model: PromptModel) -> dict[str, torch.nn.Parameter]:
-    """The MLM head's own parameters: everything outside the base model except the output matrix."""
-    mlm = model.mlm
-    in_base = {id(p) for p in mlm.base_model.parameters()}
-    output = mlm.get_output_embeddings()
-    output_weight = id(output.weight) if output is not None else None
-    return {
-        f"mlm.{name}": p for name, p in mlm.named_parameters() if id(p) not in in_base and id(p) != output_weight
-    }
+    """The parameters ``train_mode="head"`` trains: the family's own head."""
+    return model.head_parameters()
 
 
 def trainable_parameters(model: PromptModel, mode: str) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
@@ -72,7 +66,7 @@ def trainable_parameters(model: PromptModel, mode: str) -> tuple[dict[str, torch
     if mode == "head+prompt":
         return head_parameters(model), prompt
     if mode == "full":
-        return {f"mlm.{n}": p for n, p in model.mlm.named_parameters()}, prompt
+        return {f"{model.lm_prefix}.{n}": p for n, p in model.lm.named_parameters()}, prompt
     raise ValueError(f"train_mode={mode!r} does not train")
 
 
@@ -161,40 +155,6 @@ class _HeadCache:
         return model.relative_class_scores(rows={n: rows[idx] for n, rows in self.rows.items()})
 
 
-def _mlm_loss(model: PromptModel, encoded: Sequence[Encoded], generator: torch.Generator) -> torch.Tensor:
-    """PET's auxiliary MLM loss: BERT-style masking of 15% of the text tokens of unlabeled prompts."""
-    tok = model.tokenizer
-    special = set(tok.all_special_ids)
-    batch = collate(encoded, tok.pad_token_id if tok.pad_token_id is not None else 0)
-    ids = batch["input_ids"]
-    candidates = torch.tensor([[t not in special for t in row] for row in ids.tolist()]) & batch["attention_mask"].bool()
-    chosen = (torch.rand(ids.shape, generator=generator) < 0.15) & candidates
-    for i in range(len(ids)):  # at least one masked token per prompt
-        if not chosen[i].any() and candidates[i].any():
-            chosen[i, candidates[i].nonzero()[0, 0]] = True
-    targets = ids.clone()
-    roll = torch.rand(ids.shape, generator=generator)
-    ids = ids.clone()
-    ids[chosen & (roll < 0.8)] = tok.mask_token_id
-    random_words = torch.randint(len(tok), ids.shape, generator=generator)
-    swap = chosen & (roll >= 0.8) & (roll < 0.9)
-    ids[swap] = random_words[swap]
-    counts = chosen.sum(1)
-    width = int(counts.max())
-    positions = torch.zeros(len(ids), width, dtype=torch.long)
-    valid = torch.zeros(len(ids), width, dtype=torch.bool)
-    for i in range(len(ids)):
-        p = chosen[i].nonzero()[:, 0]
-        positions[i, : len(p)] = p
-        valid[i, : len(p)] = True
-    device = model.device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    batch.update(input_ids=ids.to(device), mask_pos=positions.to(device))
-    logits = model.mask_logits(batch)  # (B, P, V) at the masked positions only
-    gold = targets.gather(1, positions).to(device)
-    return torch.nn.functional.cross_entropy(logits[valid.to(device)].float(), gold[valid.to(device)])
-
-
 def _loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy on class indices, or PET's distillation loss on class distributions."""
     if targets.ndim == 1:
@@ -273,7 +233,7 @@ def train(
         eval_y = np.asarray(list(eval_set[1]))
         if len(eval_rows) != len(eval_y):
             raise ValueError(f"eval_set has {len(eval_rows)} rows but {len(eval_y)} labels")
-    if mode == "head" and model.split_head:
+    if mode == "head" and getattr(model, "split_head", False):
         model.eval()  # frozen encoder, fixed input: deterministic mask rows
         cache = _HeadCache(model, encoded, clf.batch_size)
         # the dev set's mask rows are fixed too; iterative decoding of multi-token words needs the encoder
@@ -328,7 +288,7 @@ def train(
                     if alpha is not None:
                         mine = pick.tensor_split(world)[rank].tolist()
                         with autocast:
-                            loss = (1 - alpha) * _mlm_loss(model, [unlabeled_encoded[i] for i in mine], masking)
+                            loss = (1 - alpha) * model.auxiliary_loss([unlabeled_encoded[i] for i in mine], masking)
                         total += loss.item()
                         loss = loss * share / accumulation
                         (scaler.scale(loss) if scaler else loss).backward()

@@ -145,13 +145,17 @@ class LabelWords:
     groups: dict[int, list[int]]  # n tokens -> word indices with n tokens
 
     @classmethod
-    def build(cls, verbalizer: Verbalizer, tokenizer: Any) -> LabelWords:
+    def build(cls, verbalizer: Verbalizer, tokenizer: Any, tokenize: Any = None) -> LabelWords:
+        """Token ids of every label word; ``tokenize(word)`` gives them (default: as in running text after a space)."""
+        tokenize = tokenize or (lambda word: word_token_ids(tokenizer, word))
         token_ids, word_class = [], []
         seen: dict[tuple[int, ...], tuple[str, Hashable]] = {}
         unk = tokenizer.unk_token_id
         for c, label in enumerate(verbalizer.classes):
             for w in verbalizer.words[label]:
-                ids = word_token_ids(tokenizer, w)
+                ids = tokenize(w)
+                if not ids:
+                    raise ValueError(f"label word {w!r} of class {label!r} gives no tokens with this tokenizer")
                 if unk is not None and unk in ids:
                     pieces = tokenizer.convert_ids_to_tokens(ids)
                     raise ValueError(

@@ -202,6 +202,10 @@ def test_model_paths_and_remote_code(tmp_path, monkeypatch):
         seen.append(kwargs.get("trust_remote_code"))
         raise OSError("stop here")
 
+    with pytest.raises(FileNotFoundError, match=r"has no config.json"):
+        PromptClassifier(str(tmp_path), verbalizer=WORDS).fit()
+    transformers.BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                            intermediate_size=8).save_pretrained(tmp_path)
     monkeypatch.setattr(transformers.AutoModelForMaskedLM, "from_pretrained", refuse)
     with pytest.raises(OSError, match=r"cannot load model '.*': stop here"):
         PromptClassifier(str(tmp_path), verbalizer=WORDS).fit()

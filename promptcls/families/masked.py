@@ -14,7 +14,6 @@ the masks.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,86 +22,15 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from .encoding import Encoded, PromptEncoding, collate
-from .prompts import SoftPrompt
-from .template import Template
-from .verbalizer import Aggregation, LabelWords, Verbalizer, word_token_ids
+from ..encoding import Encoded, PromptEncoding, collate
+from ..prompts import SoftPrompt
+from ..template import Template
+from ..verbalizer import Aggregation, LabelWords, Verbalizer, word_token_ids
+from ..views import StandIn, gather_rows, module_path, view
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptModel", "default_max_length", "position_limit", "structural_copy"]
-
-
-class _StandIn:
-    """Takes a submodule's place in a view: calls ``call(module, *args, **kwargs)``; attributes fall through."""
-
-    __slots__ = ("module", "call")
-
-    def __init__(self, module: nn.Module, call: Callable[..., Any]) -> None:
-        self.module = module
-        self.call = call
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.call(self.module, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.module, name)
-
-
-def _view(module: nn.Module, replace: Mapping[str, Any]) -> nn.Module:
-    """A shallow copy of ``module`` with the submodules at the dotted paths of ``replace`` swapped.
-
-    Only the modules on those paths are copied, and only their child tables; parameters, buffers and
-    every other module are shared. ``module`` itself is never changed, so views are thread-safe.
-    """
-    if not replace:
-        return module
-    view = copy.copy(module)
-    children = dict(module._modules)
-    nested: dict[str, dict[str, Any]] = {}
-    for path, new in replace.items():
-        head, _, rest = path.partition(".")
-        if rest:
-            nested.setdefault(head, {})[rest] = new
-        else:
-            children[head] = new
-    for head, sub in nested.items():
-        children[head] = _view(module._modules[head], sub)
-    view.__dict__["_modules"] = children
-    return view
-
-
-def _module_path(root: nn.Module, target: nn.Module | None) -> str | None:
-    """The dotted name of ``target`` inside ``root`` (None if absent or ``root`` itself)."""
-    if target is None or target is root:
-        return None
-    return next((name for name, m in root.named_modules() if m is target), None)
-
-
-def structural_copy(module: nn.Module) -> nn.Module:
-    """A copy of the module tree that shares every parameter and buffer (no tensor is copied).
-
-    Its modes (``train()`` / ``eval()``) and child tables are its own: scoring switches it to eval
-    mode without touching the caller's model.
-    """
-    memo: dict[int, nn.Module] = {}
-
-    def walk(m: nn.Module) -> nn.Module:
-        if id(m) in memo:
-            return memo[id(m)]
-        c = copy.copy(m)
-        memo[id(m)] = c
-        c.__dict__["_parameters"] = dict(m._parameters)
-        c.__dict__["_buffers"] = dict(m._buffers)
-        c.__dict__["_modules"] = {k: walk(v) if v is not None else None for k, v in m._modules.items()}
-        return c
-
-    return walk(module)
-
-
-def _gather_rows(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """(B, L, H) hidden states, (B, M) positions -> (B, M, H)."""
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device)[:, None], positions]
+__all__ = ["PromptModel", "default_max_length", "position_limit"]
 
 
 def position_limit(model: nn.Module, tokenizer: Any) -> int | None:
@@ -149,8 +77,8 @@ class PromptModel(nn.Module):
         super().__init__()
         self.mlm = mlm
         self.tokenizer = tokenizer
-        self._base_path = _module_path(mlm, mlm.base_model)
-        self._output_path = _module_path(mlm, mlm.get_output_embeddings())
+        self._base_path = module_path(mlm, mlm.base_model)
+        self._output_path = module_path(mlm, mlm.get_output_embeddings())
         self.template = template
         # without a verbalizer (label-word search) the answer slot is one mask wide
         self.label_words = LabelWords.build(verbalizer, tokenizer) if verbalizer is not None else None
@@ -209,7 +137,7 @@ class PromptModel(nn.Module):
             attention = torch.ones_like(ids)
             positions = torch.tensor([[1, 4], [2, 6]], device=device)
             reference = self.mlm(input_ids=ids, attention_mask=attention).logits
-            reference = _gather_rows(reference, positions)
+            reference = gather_rows(reference, positions)
             split = self._split_logits({"input_ids": ids, "attention_mask": attention}, positions)
             rows = self.mask_hidden({"input_ids": ids, "attention_mask": attention, "mask_pos": positions})
             head_only = self.head_logits(rows)
@@ -259,14 +187,14 @@ class PromptModel(nn.Module):
     def _label_ids(self) -> torch.Tensor:
         return torch.tensor([ids[0] for ids in self.label_words.token_ids], device=self.device)
 
-    def _label_vocab(self) -> dict[str, _StandIn]:
+    def _label_vocab(self) -> dict[str, StandIn]:
         """A view replacement: the output layer computes the label words' rows only, (..., W) logits."""
         ids = self._label_ids()
 
         def rows(out: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return nn.functional.linear(x, out.weight[ids], out.bias[ids] if out.bias is not None else None)
 
-        return {self._output_path: _StandIn(self.mlm.get_output_embeddings(), rows)}
+        return {self._output_path: StandIn(self.mlm.get_output_embeddings(), rows)}
 
     def relative_class_scores(self, encoded: Sequence[Encoded] | None = None, rows: torch.Tensor | None = None):
         """(B, C) class scores up to a per-example constant, for training.
@@ -286,9 +214,62 @@ class PromptModel(nn.Module):
         logits = self.head_logits(rows[1], only) if rows is not None else self.mask_logits(self.batch(encoded, 1), only)
         return self.label_words.aggregate(logits[:, 0].float())  # (B, W) logits -> (B, C)
 
+    family = "masked"
+    lm_prefix = "mlm"  # parameter names in saves: "mlm.<name in the transformers model>"
+
+    @property
+    def lm(self) -> nn.Module:
+        """The transformers model."""
+        return self.mlm
+
     @property
     def device(self) -> torch.device:
         return self.mlm.get_input_embeddings().weight.device
+
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        """The MLM head's own parameters: everything outside the base model except the output matrix."""
+        in_base = {id(p) for p in self.mlm.base_model.parameters()}
+        output = self.mlm.get_output_embeddings()
+        output_weight = id(output.weight) if output is not None else None
+        return {f"mlm.{name}": p for name, p in self.mlm.named_parameters()
+                if id(p) not in in_base and id(p) != output_weight}
+
+    def slot_log_probs(self, encoded: Sequence[Encoded]) -> torch.Tensor:
+        """(B, V) log-probabilities of every vocabulary token at a one-token answer slot."""
+        return self.mask_logits(self.batch(encoded, 1))[:, 0].float().log_softmax(-1)
+
+    def auxiliary_loss(self, encoded: Sequence[Encoded], generator: torch.Generator) -> torch.Tensor:
+        """PET's auxiliary MLM loss: BERT-style masking of 15% of the text tokens of unlabeled prompts."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids)
+        batch = collate(encoded, tok.pad_token_id if tok.pad_token_id is not None else 0)
+        ids = batch["input_ids"]
+        candidates = torch.tensor([[t not in special for t in row] for row in ids.tolist()]) & batch["attention_mask"].bool()
+        chosen = (torch.rand(ids.shape, generator=generator) < 0.15) & candidates
+        for i in range(len(ids)):  # at least one masked token per prompt
+            if not chosen[i].any() and candidates[i].any():
+                chosen[i, candidates[i].nonzero()[0, 0]] = True
+        targets = ids.clone()
+        roll = torch.rand(ids.shape, generator=generator)
+        ids = ids.clone()
+        ids[chosen & (roll < 0.8)] = tok.mask_token_id
+        random_words = torch.randint(len(tok), ids.shape, generator=generator)
+        swap = chosen & (roll >= 0.8) & (roll < 0.9)
+        ids[swap] = random_words[swap]
+        counts = chosen.sum(1)
+        width = int(counts.max())
+        positions = torch.zeros(len(ids), width, dtype=torch.long)
+        valid = torch.zeros(len(ids), width, dtype=torch.bool)
+        for i in range(len(ids)):
+            p = chosen[i].nonzero()[:, 0]
+            positions[i, : len(p)] = p
+            valid[i, : len(p)] = True
+        device = self.device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch.update(input_ids=ids.to(device), mask_pos=positions.to(device))
+        logits = self.mask_logits(batch)  # (B, P, V) at the masked positions only
+        gold = targets.gather(1, positions).to(device)
+        return nn.functional.cross_entropy(logits[valid.to(device)].float(), gold[valid.to(device)])
 
     # ------------------------------------------------------------------ forward pieces
     def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -310,13 +291,13 @@ class PromptModel(nn.Module):
         """A view of the MLM whose base model answers ``call(base, *args, **kwargs)``."""
         if self._base_path is None:
             raise ValueError(f"{type(self.mlm).__name__} has no separate base model to stand in for")
-        return _view(self.mlm, {self._base_path: _StandIn(self.mlm.base_model, call), **(extra or {})})
+        return view(self.mlm, {self._base_path: StandIn(self.mlm.base_model, call), **(extra or {})})
 
     def _split_logits(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor,
                       extra: Mapping[str, Any] | None = None) -> torch.Tensor:
         def gather(base: nn.Module, *args: Any, **kwargs: Any) -> BaseModelOutput:
             out = base(*args, **kwargs)
-            return BaseModelOutput(last_hidden_state=_gather_rows(out[0], positions))
+            return BaseModelOutput(last_hidden_state=gather_rows(out[0], positions))
 
         return self._with_base(gather, extra)(**inputs).logits  # (B, M, V)
 
@@ -328,19 +309,19 @@ class PromptModel(nn.Module):
         inputs = self._model_inputs(batch)
         if self.split_head:
             return self._split_logits(inputs, batch["mask_pos"], extra)
-        return _gather_rows(self.mlm(**inputs).logits, batch["mask_pos"])
+        return gather_rows(self.mlm(**inputs).logits, batch["mask_pos"])
 
     def mask_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, M, H) encoder states at the answer-slot positions (the head's input)."""
         hidden = self.mlm.base_model(**self._model_inputs(batch))[0]  # (B, L, H)
-        return _gather_rows(hidden, batch["mask_pos"])
+        return gather_rows(hidden, batch["mask_pos"])
 
     def head_logits(self, rows: torch.Tensor, extra: Mapping[str, Any] | None = None) -> torch.Tensor:
         """The MLM head alone on (B, M, H) rows -> (B, M, V); the encoder does not run."""
         b, m = rows.shape[:2]
         dummy = torch.zeros((b, m), dtype=torch.long, device=rows.device)
-        view = self._with_base(lambda base, *a, **k: BaseModelOutput(last_hidden_state=rows), extra)
-        return view(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits
+        run = self._with_base(lambda base, *a, **k: BaseModelOutput(last_hidden_state=rows), extra)
+        return run(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits
 
     # ------------------------------------------------------------------ scores
     def batch(self, encoded: Sequence[Encoded], n_mask: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,480 @@
+"""Causal LMs: each label word is scored as the continuation of the prompt at the answer slot.
+
+    row -> template: text before the slot (the prompt), the slot, text after it
+        -> prompt ids (the tokenizer's BOS where it adds one; soft tokens spliced in as embeddings)
+        -> ONE forward of the prompts, right-padded, with a key/value cache
+           the LM head on each prompt's last real position only -> (B, V): every word's first token
+        -> words of n > 1 tokens: the cache is expanded to one row per (prompt, word) and only the
+           words' tokens run through the model, teacher forced -> their other n - 1 token log-probs
+        -> log P(word | prompt) = the sum of its token log-probs -> class scores (B, C)
+
+The continuation is tokenized apart from the prompt, as evaluation harnesses do: the spaces before
+the slot go to the word (``"It was [MASK]."`` scores ``" great"`` after ``"It was"``). By default only
+the word counts (``score_suffix=False``); with ``score_suffix=True`` the text after the slot is
+scored too, each candidate's filled prompt as a whole (its log-likelihood up to that of the prompt
+before the slot, which every candidate shares). With ``score_suffix=False`` a causal LM never sees
+text after the slot, so a template whose fields follow the slot gets a warning.
+
+Batches are right-padded with explicit position ids, so a batch scores as its prompts one at a time,
+whatever the tokenizer's padding side. The LM head runs only where a next token is scored
+(transformers' ``logits_to_keep`` with per-row positions): no (B, L, V) tensor is made. A probe on a
+tiny input checks the cached path against plain full-sequence logits; a model that cannot share its
+cache this way is scored one full forward per (prompt, word) instead, logged once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..prompts import SoftPrompt
+from ..template import Field, Mask, Soft, Template, TemplateError, Text
+from ..verbalizer import LabelWords, Verbalizer, word_token_ids
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CausalPromptModel", "CausalEncoding", "CausalEncoded", "causal_position_limit"]
+
+_SLOT = "\ue000"  # a private-use character marks the slots while a row is rendered
+
+
+@dataclasses.dataclass
+class CausalEncoded:
+    """One prompt: its ids up to the answer slot, where its soft tokens sit, and the ids after the slot."""
+
+    input_ids: list[int]
+    soft_pos: list[int]
+    suffix_ids: list[int]
+
+
+def causal_position_limit(lm: nn.Module) -> int | None:
+    n = getattr(lm.config, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+class CausalEncoding:
+    """Renders rows to prompt ids for a causal LM: the text before the slot, and (for ``score_suffix``) after it."""
+
+    def __init__(self, template: Template, tokenizer: Any, max_length: int, answer_tokens: int,
+                 soft_counts: tuple[int, ...], score_suffix: bool = False, chat_template: bool = False) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: load it with use_fast=True")
+        self.template = template
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.answer_tokens = int(answer_tokens)
+        self.soft_counts = tuple(soft_counts)
+        self.score_suffix = score_suffix
+        self.chat_template = chat_template
+        self._lock = threading.Lock()
+        parts = [p for seg in template.segments for p in seg]
+        slot = next(i for i, p in enumerate(parts) if isinstance(p, Mask))
+        if any(isinstance(p, Soft) for p in parts[slot + 1:]):
+            raise TemplateError(f"template {template.source!r} has soft tokens after [MASK]: a causal LM reads the "
+                                "answer slot as the continuation of what comes before it; put [SOFT] before the slot")
+        if not score_suffix and any(isinstance(p, Field) for p in parts[slot + 1:]):
+            after = [p.name for p in parts[slot + 1:] if isinstance(p, Field)]
+            logger.warning("template %r has fields %s after [MASK]: with score_suffix=False a causal LM never sees them; "
+                           "use score_suffix=True or put the slot at the end", template.source, after)
+        before = parts[slot - 1] if slot else None
+        # the spaces between the prompt and the slot belong to the word: "It was" + " great"
+        self.separator = "" if chat_template else (
+            before.text[len(before.text.rstrip(" ")):] if isinstance(before, Text) else "")
+        if chat_template and getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"chat_template=True but {type(tokenizer).__name__} has no chat template: "
+                             "use an instruction-tuned model's tokenizer or chat_template=False")
+        probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+        start = next((i for i in range(len(probe) - len(plain) + 1) if probe[i:i + len(plain)] == plain), 0)
+        self.lead = [] if chat_template else list(probe[:start])  # BOS where the tokenizer adds one; never an EOS
+        start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.start_id = start_id
+        empty = self.encode([{f: "" for f in template.fields}], truncate=False)[0]
+        need = self.length(empty)
+        if need > self.max_length:
+            raise ValueError(f"template {template.source!r} needs {need} tokens with empty text fields and the longest "
+                             f"label word, more than max_length={self.max_length}: shorten it or raise max_length")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def length(self, e: CausalEncoded) -> int:
+        """Tokens the longest candidate of this prompt runs through the model."""
+        return len(e.input_ids) + self.answer_tokens + (len(e.suffix_ids) if self.score_suffix else 0)
+
+    # ------------------------------------------------------------------ rendering
+    def _split(self, row: dict[str, str]) -> tuple[list[str | int], str]:
+        """(prompt pieces: text or a soft-token count, text after the slot)."""
+        try:
+            segments = self.template.render(row, _SLOT, 1, self.soft_counts)
+        except KeyError as e:
+            raise ValueError(f"template field {e.args[0]!r} is missing from row {row!r}") from None
+        text, spans, offset = "", [], 0
+        for k, seg in enumerate(segments):  # a causal LM reads a sentence pair as one text
+            if k:
+                text += " "
+                offset += 1
+            spans += [dataclasses.replace(s, start=s.start + offset, end=s.end + offset) for s in seg.spans]
+            text += seg.text
+            offset = len(text)
+        for s in spans:
+            if s.kind == "field" and _SLOT in text[s.start:s.end]:
+                raise ValueError(f"field {s.name!r} holds the character U+E000, which promptcls reserves: remove it")
+        mask = next(s for s in spans if s.kind == "mask")
+        prompt, suffix = text[:mask.start], text[mask.end:]
+        if self.chat_template:
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt.strip()}],
+                                                        add_generation_prompt=True, tokenize=False)
+        elif self.separator and prompt.endswith(self.separator):
+            prompt = prompt[: len(prompt) - len(self.separator)]
+        return self._pieces(prompt), suffix
+
+    def _pieces(self, prompt: str) -> list[str | int]:
+        """The prompt as text pieces and soft-slot token counts, in order."""
+        out: list[str | int] = []
+        i = 0
+        for count in self.soft_counts:
+            j = prompt.index(_SLOT * count, i)
+            text = prompt[i:j].rstrip(" ")  # the soft tokens start like a word after a space ([SOFT:It was])
+            if text:
+                out.append(text)
+            out.append(count)
+            i = j + count
+        if prompt[i:]:
+            out.append(prompt[i:])
+        return out
+
+    def _tokens(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        with self._lock:
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def encode(self, rows: Sequence[dict[str, str]], truncate: bool = True) -> list[CausalEncoded]:
+        """Encode rows; rows over ``max_length`` are shortened in their text fields only."""
+        if truncate:
+            rows = self.truncate(rows)
+        return [self._encode_row(r) for r in rows]
+
+    def _encode_row(self, row: dict[str, str]) -> CausalEncoded:
+        pieces, suffix = self._split(row)
+        texts = [p for p in pieces if isinstance(p, str)]
+        tokens = iter(self._tokens(texts))
+        ids, soft = list(self.lead), []
+        for p in pieces:
+            if isinstance(p, int):
+                soft += range(len(ids), len(ids) + p)
+                ids += [self.start_id if self.start_id is not None else 0] * p  # placeholders: embeddings replace them
+            else:
+                ids += next(tokens)
+        if not ids:
+            if self.start_id is None:
+                raise ValueError(f"template {self.template.source!r} puts nothing before the answer slot and the "
+                                 "tokenizer has no BOS or EOS token to start from: write some text before [MASK]")
+            ids = [self.start_id] + ids
+            soft = [p + 1 for p in soft]
+        suffix_ids = self._tokens([suffix])[0] if suffix and self.score_suffix else []
+        return CausalEncoded(input_ids=ids, soft_pos=soft, suffix_ids=suffix_ids)
+
+    def truncate(self, rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        """The rows as they are scored: text fields shortened (from their end, the longest first) to fit."""
+        out = []
+        for i, row in enumerate(rows):
+            row = dict(row)
+            for _ in range(10_000):
+                excess = self.length(self._encode_row(row)) - self.max_length
+                if excess <= 0:
+                    break
+                row = self._shorten(row, i, excess)
+            out.append(row)
+        return out
+
+    def _shorten(self, row: dict[str, str], i: int, excess: int) -> dict[str, str]:
+        fields = [f for f in self.template.fields if row.get(f)]
+        if not fields:
+            raise ValueError(
+                f"row {i}: the template {self.template.source!r} with its answer needs more than "
+                f"max_length={self.max_length} tokens even with empty text fields: raise max_length or shorten it")
+        with self._lock:
+            enc = {f: self.tokenizer(row[f], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                   for f in fields}
+        name = max(fields, key=lambda f: len(enc[f]))
+        keep = max(0, len(enc[name]) - excess)
+        row[name] = row[name][: enc[name][keep - 1][1]] if keep else ""
+        return row
+
+
+class CausalPromptModel(nn.Module):
+    """A causal LM with a template's soft prompt and a verbalizer's label words: ``class_scores`` -> (B, C)."""
+
+    family = "causal"
+    lm_prefix = "lm"
+    split_head = False  # no mask rows to cache: head training runs the model every step
+    label_vocab_only = False
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, template: Template, verbalizer: Verbalizer | None,
+                 max_length: int | None = None, seed: int = 0, score_suffix: bool = False,
+                 chat_template: bool = False) -> None:
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.template = template
+        self.score_suffix = bool(score_suffix)
+        self.chat_template = bool(chat_template)
+        sep = self._separator(template)
+        self.label_words = (LabelWords.build(verbalizer, tokenizer, tokenize=lambda w: self._word_ids(w, sep))
+                            if verbalizer is not None else None)
+        soft_counts = tuple(s.count if s.count is not None else len(word_token_ids(tokenizer, s.init))
+                            for s in template.soft_slots)
+        limit = causal_position_limit(lm)
+        if max_length is not None and limit is not None and max_length > limit:
+            raise ValueError(f"max_length={max_length} is more than {type(lm).__name__} takes ({limit} positions): "
+                             f"use max_length <= {limit}, or leave it None for the model's own limit")
+        declared = getattr(tokenizer, "model_max_length", None)
+        limits = [n for n in (limit, declared if isinstance(declared, int) and 0 < declared < 1_000_000 else None) if n]
+        max_length = max_length or (min(limits) if limits else 2048)
+        answer = self.label_words.max_tokens if self.label_words is not None else 1
+        if sum(soft_counts) + answer > max_length:
+            raise ValueError(f"template {template.source!r} has {sum(soft_counts)} soft tokens, more than "
+                             f"max_length={max_length} leaves: use fewer [SOFT] tokens or raise max_length")
+        self.encoding = CausalEncoding(template, tokenizer, max_length, answer, soft_counts, self.score_suffix,
+                                       self.chat_template)
+        self.soft_prompt = self._build_soft_prompt(seed, soft_counts) if template.has_soft_tokens else None
+        params = inspect.signature(lm.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._takes_positions = "position_ids" in params
+        self._keep_rows = "logits_to_keep" in params
+        self.shares_cache = True
+        self._probe()
+
+    def _separator(self, template: Template) -> str:
+        if self.chat_template:
+            return ""
+        parts = [p for seg in template.segments for p in seg]
+        slot = next(i for i, p in enumerate(parts) if isinstance(p, Mask))
+        before = parts[slot - 1] if slot else None
+        return before.text[len(before.text.rstrip(" ")):] if isinstance(before, Text) else ""
+
+    def _word_ids(self, word: str, separator: str) -> list[int]:
+        if separator:
+            return word_token_ids(self.tokenizer, word)  # as after a space in running text
+        return self.tokenizer(word, add_special_tokens=False)["input_ids"]
+
+    def _build_soft_prompt(self, seed: int, counts: tuple[int, ...]) -> SoftPrompt:
+        table = self.lm.get_input_embeddings().weight.detach()
+        generator = torch.Generator().manual_seed(seed)
+        special = set(self.tokenizer.all_special_ids)
+        ordinary = torch.tensor([i for i in range(table.shape[0]) if i not in special])
+        rows = []
+        for slot, count in zip(self.template.soft_slots, counts):
+            if slot.init is not None:
+                ids = torch.tensor(word_token_ids(self.tokenizer, slot.init))
+            else:  # sampled vocabulary embeddings (Lester et al. 2021)
+                ids = ordinary[torch.randint(len(ordinary), (count,), generator=generator)]
+            rows.append(table[ids.to(table.device)].float().cpu())
+        return SoftPrompt(torch.cat(rows), self.template.prompt_encoder)
+
+    # ------------------------------------------------------------------ family interface
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def encode(self, rows: Sequence[dict[str, str]]) -> list[CausalEncoded]:
+        return self.encoding.encode(rows)
+
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        """The output layer's own parameters; none when it is tied to the input embeddings."""
+        out = self.lm.get_output_embeddings()
+        shared = {id(p) for p in self.lm.get_input_embeddings().parameters()}
+        own = {id(p) for p in out.parameters()} - shared if out is not None else set()
+        params = {f"lm.{n}": p for n, p in self.lm.named_parameters() if id(p) in own}
+        if not params:
+            raise ValueError(
+                f"{type(self.lm).__name__} has no head of its own to train: its output layer is tied to the input "
+                "embeddings; use train_mode='prompt' (soft tokens) or 'full'"
+            )
+        return params
+
+    # ------------------------------------------------------------------ forward pieces
+    def _prefix_batch(self, encoded: Sequence[CausalEncoded]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Right-padded prompts with explicit positions, and each prompt's length."""
+        lengths = torch.tensor([len(e.input_ids) for e in encoded])
+        n, width = len(encoded), int(lengths.max())
+        ids = torch.zeros(n, width, dtype=torch.long)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[i, : len(e.input_ids)] = 1
+        device = self.device
+        inputs = {"attention_mask": mask.to(device)}
+        if self._takes_positions:
+            inputs["position_ids"] = torch.arange(width, device=device).expand(n, -1)
+        ids = ids.to(device)
+        if self.soft_prompt is not None and encoded[0].soft_pos:
+            embeds = self.lm.get_input_embeddings()(ids)  # (B, L, E)
+            soft_pos = torch.tensor([e.soft_pos for e in encoded], device=device)  # (B, S)
+            prompt = self.soft_prompt().to(embeds.dtype)  # (S, E)
+            rows = torch.arange(n, device=device)[:, None].expand_as(soft_pos)
+            inputs["inputs_embeds"] = embeds.index_put((rows, soft_pos), prompt.expand(n, -1, -1))
+        else:
+            inputs["input_ids"] = ids
+        return inputs, lengths.to(device)
+
+    def _logits_at(self, inputs: dict[str, Any], positions: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, Any]:
+        """(N, P, V) logits at per-row ``positions`` (N, P), and the output's cache."""
+        if self._keep_rows:
+            out = self.lm(**inputs, logits_to_keep=positions, **extra)
+            logits = out.logits
+        else:
+            out = self.lm(**inputs, **extra)
+            logits = torch.take_along_dim(out.logits, positions[..., None], dim=1)
+        return logits, getattr(out, self._cache_arg, None)
+
+    def _candidates(self, encoded: Sequence[CausalEncoded]) -> list[list[list[int]]]:
+        """Per prompt, per label word: the tokens scored (the word, then the suffix with ``score_suffix``)."""
+        words = self.label_words.token_ids
+        return [[w + e.suffix_ids for w in words] for e in encoded]
+
+    def word_scores(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
+        """(B, W) log P(word [+ suffix] | prompt) for every label word."""
+        if not self.shares_cache:
+            return self._word_scores_full(encoded)
+        cands = self._candidates(encoded)
+        inputs, lengths = self._prefix_batch(encoded)
+        need_cache = any(len(c) > 1 for row in cands for c in row)
+        extra = {"use_cache": need_cache}
+        logits, cache = self._logits_at(inputs, (lengths - 1)[:, None], **extra)  # (B, 1, V): the slot's first token
+        first_lp = logits[:, 0].float().log_softmax(-1)  # (B, V)
+        device = first_lp.device
+        first = torch.tensor([[c[0] for c in row] for row in cands], device=device)  # (B, W)
+        scores = first_lp.gather(1, first)  # (B, W)
+        multi = [(b, w) for b, row in enumerate(cands) for w, c in enumerate(row) if len(c) > 1]
+        if not multi:
+            return scores
+        rows = torch.tensor([b for b, _ in multi], device=device)
+        cols = torch.tensor([w for _, w in multi], device=device)
+        width = max(len(cands[b][w]) for b, w in multi) - 1
+        ids = torch.zeros(len(multi), width, dtype=torch.long)
+        targets = torch.zeros(len(multi), width, dtype=torch.long)
+        valid = torch.zeros(len(multi), width, dtype=torch.bool)
+        for k, (b, w) in enumerate(multi):
+            c = cands[b][w]
+            ids[k, : len(c) - 1] = torch.tensor(c[:-1])  # teacher forced: token t predicts token t + 1
+            targets[k, : len(c) - 1] = torch.tensor(c[1:])
+            valid[k, : len(c) - 1] = True
+        ids, targets, valid = ids.to(device), targets.to(device), valid.to(device)
+        cache.reorder_cache(rows)  # one cache row per (prompt, word): the prompt ran once
+        attention = torch.cat([inputs["attention_mask"][rows], valid.long()], 1)
+        step = {"input_ids": ids, "attention_mask": attention, self._cache_arg: cache, "use_cache": True}
+        if self._takes_positions:
+            step["position_ids"] = lengths[rows][:, None] + torch.arange(width, device=device)
+        keep = torch.arange(width, device=device).expand(len(multi), -1)
+        lp = self._logits_at(step, keep)[0].float().log_softmax(-1)  # (N, n - 1, V)
+        rest = lp.gather(2, targets[..., None])[..., 0].masked_fill(~valid, 0.0).sum(1)  # (N,)
+        return scores.index_put((rows, cols), rest, accumulate=True)
+
+    def _word_scores_full(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
+        """The same scores with one full forward per (prompt, word): for models that cannot share a cache."""
+        cands = self._candidates(encoded)
+        seqs, spans = [], []
+        for e, row in zip(encoded, cands):
+            for c in row:
+                seqs.append(CausalEncoded(e.input_ids + c[:-1], e.soft_pos, []))
+                spans.append((len(e.input_ids) - 1, c))
+        inputs, _ = self._prefix_batch(seqs)
+        width = max(len(c) for _, c in spans)
+        device = self.device
+        positions = torch.zeros(len(seqs), width, dtype=torch.long)
+        targets = torch.zeros(len(seqs), width, dtype=torch.long)
+        valid = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for k, (start, c) in enumerate(spans):
+            positions[k, : len(c)] = torch.arange(start, start + len(c))
+            targets[k, : len(c)] = torch.tensor(c)
+            valid[k, : len(c)] = True
+        lp = self._logits_at(inputs, positions.to(device))[0].float().log_softmax(-1)
+        total = lp.gather(2, targets.to(device)[..., None])[..., 0].masked_fill(~valid.to(device), 0.0).sum(1)
+        return total.view(len(encoded), -1)
+
+    def class_scores(self, encoded: Sequence[CausalEncoded], decoding: str = "parallel") -> torch.Tensor:
+        """(B, C) class scores. Multi-token words are exact left to right, whatever ``decoding`` says."""
+        return self.label_words.aggregate(self.word_scores(encoded))
+
+    def relative_class_scores(self, encoded: Sequence[CausalEncoded] | None = None, rows: Any = None) -> torch.Tensor:
+        return self.class_scores(encoded)
+
+    def slot_log_probs(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
+        """(B, V) log-probabilities of every vocabulary token as the slot's first token."""
+        inputs, lengths = self._prefix_batch(encoded)
+        return self._logits_at(inputs, (lengths - 1)[:, None], use_cache=False)[0][:, 0].float().log_softmax(-1)
+
+    def auxiliary_loss(self, encoded: Sequence[CausalEncoded], generator: torch.Generator) -> torch.Tensor:
+        """PET's auxiliary loss for a causal LM: the language-model loss on the unlabeled prompts."""
+        inputs, lengths = self._prefix_batch(encoded)
+        mask = inputs["attention_mask"].bool()
+        ids = torch.zeros_like(inputs["attention_mask"])
+        for i, e in enumerate(encoded):
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids, device=ids.device)
+        logits = self.lm(**inputs, use_cache=False).logits[:, :-1].float()  # every position is scored here
+        targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+        soft = torch.zeros_like(mask)
+        for i, e in enumerate(encoded):
+            soft[i, e.soft_pos] = True
+        targets = targets.masked_fill(soft[:, 1:], -100)  # soft tokens are not words to predict
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    # ------------------------------------------------------------------ probe
+    @torch.no_grad()
+    def _probe(self) -> None:
+        """Does the cached path equal plain logits of the filled sequences on a tiny input? If not, fall back."""
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            vocab = self.lm.get_input_embeddings().weight.shape[0]
+            g = torch.Generator().manual_seed(0)
+            prompts = [torch.randint(vocab, (n,), generator=g).tolist() for n in (3, 5)]
+            words = [torch.randint(vocab, (n,), generator=g).tolist() for n in (1, 3)]
+            encoded = [CausalEncoded(p, [], []) for p in prompts]
+            saved = self.label_words, self.soft_prompt
+            self.label_words = _Words(words)
+            self.soft_prompt = None
+            try:
+                reference = torch.tensor([[self._plain_score(p, w) for w in words] for p in prompts])
+                try:
+                    cached = self.word_scores(encoded).cpu()
+                    ok = torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
+                except Exception as e:  # a model whose cache cannot be reused this way
+                    logger.debug("cache-sharing probe failed: %r", e)
+                    ok = False
+                if not ok:
+                    self.shares_cache = False
+                    logger.warning("%s cannot share its prompt's key/value cache between candidate words here: each "
+                                   "(prompt, word) runs one full forward (correct, slower)", type(self.lm).__name__)
+                    if self._keep_rows and not torch.allclose(self.word_scores(encoded).cpu(), reference, atol=1e-4):
+                        self._keep_rows = False  # per-row logits_to_keep unsupported: full logits, gathered
+            finally:
+                self.label_words, self.soft_prompt = saved
+        finally:
+            self.lm.train(was_training)
+
+    def _plain_score(self, prompt: list[int], word: list[int]) -> float:
+        ids = torch.tensor([prompt + word], device=self.device)
+        lp = self.lm(input_ids=ids).logits[0].float().log_softmax(-1)
+        return float(sum(lp[len(prompt) - 1 + t, word[t]] for t in range(len(word))))
+
+
+@dataclasses.dataclass
+class _Words:
+    """Stand-in label words for the probe."""
+
+    token_ids: list[list[int]]
