@@ -58,7 +58,8 @@ def _weights_digests(model: PromptModel, exclude: Iterable[str]) -> dict[str, st
         if name in skip or not name.startswith(model.lm_prefix + "."):
             continue
         flat = p.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, min(_SAMPLES_PER_TENSOR, flat.numel()), device=flat.device).long()
+        k = min(_SAMPLES_PER_TENSOR, flat.numel())
+        idx = (torch.arange(k, dtype=torch.long) * (flat.numel() - 1) // max(k - 1, 1)).to(flat.device)  # exact ints
         names.append(f"{name}:{tuple(p.shape)}")
         samples.append(flat[idx].float().cpu())
     values = torch.cat(samples) if samples else torch.zeros(0)
