@@ -74,27 +74,34 @@ def task_entry(task: str) -> dict[str, Any]:
     return {kind: json.loads(_files(kind)[key]) for kind in _KINDS}
 
 
-def _variant(entry: dict[str, Any], group: str, variant: str | None, task: str) -> dict[str, Any]:
+def _variant(entry: dict[str, Any], group: str, variant: str | None, task: str, family: str | None = None) -> dict[str, Any]:
     variants = entry[group]
-    name = entry["default"] if variant is None else str(variant)
+    if family not in (None, "masked", "causal"):
+        raise ValueError(f"family={family!r} is not one of 'masked', 'causal'")
+    default = entry.get("default_causal", entry["default"]) if family == "causal" else entry["default"]
+    name = default if variant is None else str(variant)
     if name not in variants:
         raise ValueError(f"task {task!r} has no {group[:-1]} {name!r}; its variants are: {', '.join(variants)}")
     return variants[name]
 
 
-def load_template(task: str, variant: str | None = None) -> Template:
-    """The catalogue template for ``task`` (its default, or the named variant)."""
+def load_template(task: str, variant: str | None = None, family: str | None = None) -> Template:
+    """The catalogue template for ``task`` (its default, or the named variant).
+
+    ``family="causal"``: the default for causal LMs (``default_causal``: the answer slot at the end).
+    """
     entry = task_entry(task)["templates"]
-    data = _variant(entry, "templates", variant, task)
+    data = _variant(entry, "templates", variant, task, family)
     return Template(data["template"], prompt_encoder=data.get("prompt_encoder", "none"))
 
 
-def load_verbalizer(task: str, variant: str | None = None) -> Verbalizer:
-    """The catalogue label words for ``task`` (its default, or the named variant)."""
+def load_verbalizer(task: str, variant: str | None = None, family: str | None = None) -> Verbalizer:
+    """The catalogue label words for ``task`` (its default, or the named variant; ``family="causal"``: the
+    causal-LM default)."""
     from .verbalizer import Verbalizer  # imports torch: only when label words are needed
 
     entry = task_entry(task)["verbalizers"]
-    data = _variant(entry, "verbalizers", variant, task)
+    data = _variant(entry, "verbalizers", variant, task, family)
     return Verbalizer.from_dict({"classes": data["classes"], "aggregation": data.get("aggregation", "mean")})
 
 

