@@ -423,6 +423,11 @@ def _settings(args) -> dict[str, Any]:
         out["max_length"] = args.max_length
     if getattr(args, "calibrate", False):
         out["calibration"] = True
+    for name in ("gguf_file", "score_suffix", "chat_template"):
+        if getattr(args, name, None):
+            out[name] = getattr(args, name)
+    if getattr(args, "family", "auto") != "auto":
+        out["family"] = args.family
     return out
 
 
@@ -701,14 +706,14 @@ def cmd_search_words(args) -> None:
 
     torch.manual_seed(0)  # weights the checkpoint lacks are drawn the same way each run
     missing: list[str] = []
-    mlm, tokenizer = load_model(model, missing=missing)
+    mlm, tokenizer = load_model(model, missing=missing, family=args.family, gguf_file=args.gguf_file)
     if missing:
         print(f"promptcls search-words: warning: {model} has no pretrained MLM head ({len(missing)} parameters "
               "initialised at random): the head is untrained, so the words found mean nothing; use a model whose "
               "checkpoint includes its MLM head, or train one (promptcls train) and score it", file=sys.stderr)
     verbalizer = search_label_words(
         (mlm, tokenizer), prompt.template, _apply(prompt, X), labels, k=args.k, columns=prompt.columns,
-        batch_size=args.batch_size, device=args.device, max_length=args.max_length,
+        batch_size=args.batch_size, device=args.device, max_length=args.max_length, family=args.family,
     )
     text = json.dumps(verbalizer.to_dict(), indent=2)
     if args.output:
@@ -814,8 +819,17 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser, saved: bool = True, command: str = "") -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="hub id or local path of a masked LM (default: the offline MiniLM if installed; "
+    g.add_argument("--model", help="hub id or local path of a masked or causal LM, a .gguf file, or smollm2 (the "
+                                   "embedded SmolLM2-135M-Instruct; default: the offline MiniLM if installed; "
                                    "with --saved: the model it was trained on)")
+    g.add_argument("--gguf-file", help="a GGUF file inside the --model folder")
+    g.add_argument("--family", choices=["auto", "masked", "causal"], default="auto",
+                   help="the model family (auto: read from the model's config)")
+    g.add_argument("--score-suffix", action="store_true",
+                   help="causal LMs: also score the text after the answer slot (the filled prompt's likelihood)")
+    g.add_argument("--chat-template", action="store_true",
+                   help="causal LMs: wrap the prompt in the tokenizer's chat template, the answer opening the "
+                        "assistant's turn")
     if saved:
         g.add_argument("--saved", help="directory written by `promptcls train` / save_pretrained; --max-length, "
                                        "--calibrate, --batch-size and --device apply to it")

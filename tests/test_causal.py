@@ -446,3 +446,26 @@ def test_causal_catalogue_variants_put_the_slot_at_the_end():
             assert entry["templates"]["templates"][defaults[0]].get("family") == "causal"
             assert template.fields and len(words) >= 2
     assert found >= 10
+
+
+def test_the_command_line_takes_a_causal_lm(causal_models, tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    model, tokenizer = causal_models["qwen2"]
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    pd.DataFrame({"text": TEXTS, "label": Y}).to_csv(tmp_path / "data.csv", index=False)
+    words = '{"neg": ["terrible", "awful"], "pos": ["fantastic", "wonderful"]}'
+    args = [sys.executable, "-m", "promptcls", "predict", "--model", str(tmp_path / "lm"), "--template",
+            "Review: {text} Sentiment: [MASK]", "--verbalizer", words, "--input", str(tmp_path / "data.csv"),
+            "--output", str(tmp_path / "preds.csv"), "--quiet"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    preds = pd.read_csv(tmp_path / "preds.csv")
+    clf = clf_for(model, tokenizer, "Review: {text} Sentiment: [MASK]", MULTI)
+    np.testing.assert_allclose(preds[["prob_neg", "prob_pos"]].to_numpy(), clf.predict_proba(TEXTS), atol=1e-5)
+    done = subprocess.run(args[:-1] + ["--chat-template", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "has no chat template" in done.stderr
