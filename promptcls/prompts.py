@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .template import PromptEncoderType
+from .template import PromptEncoderType, Template
 
-__all__ = ["SoftPrompt"]
+__all__ = ["SoftPrompt", "soft_counts", "build_soft_prompt"]
 
 
 class SoftPrompt(nn.Module):
@@ -49,3 +49,29 @@ class SoftPrompt(nn.Module):
             return x
         h = self.lstm(x[None])[0][0] if self.lstm is not None else x  # (n, 2*hidden/2) or (n, E)
         return x + self.mlp(h)  # (n, E)
+
+
+def soft_counts(template: Template, tokenizer) -> tuple[int, ...]:
+    """Tokens per soft slot: ``[SOFT*n]`` is n, ``[SOFT:words]`` the words' tokens (as after a space)."""
+    from .verbalizer import word_token_ids
+
+    return tuple(s.count if s.count is not None else len(word_token_ids(tokenizer, s.init)) for s in template.soft_slots)
+
+
+def build_soft_prompt(embeddings: nn.Module, tokenizer, template: Template, seed: int) -> SoftPrompt:
+    """The template's soft prompt, started from input-embedding rows: those of ``[SOFT:words]``, or rows
+    of ordinary (non-special) vocabulary tokens sampled with ``seed`` (Lester et al. 2021)."""
+    from .verbalizer import word_token_ids
+
+    table = embeddings.weight.detach()
+    generator = torch.Generator().manual_seed(seed)
+    special = set(tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(table.shape[0]) if i not in special])
+    rows = []
+    for slot, count in zip(template.soft_slots, soft_counts(template, tokenizer)):
+        if slot.init is not None:
+            ids = torch.tensor(word_token_ids(tokenizer, slot.init))
+        else:
+            ids = ordinary[torch.randint(len(ordinary), (count,), generator=generator)]
+        rows.append(table[ids.to(table.device)].float().cpu())
+    return SoftPrompt(torch.cat(rows), template.prompt_encoder)

@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..prompts import SoftPrompt
+from ..prompts import build_soft_prompt
+from ..prompts import soft_counts as prompt_soft_counts
 from ..template import Field, Mask, Soft, Template, TemplateError, Text
 from ..verbalizer import LabelWords, Verbalizer, word_token_ids
 
@@ -235,8 +236,7 @@ class CausalPromptModel(nn.Module):
         sep = self._separator(template)
         self.label_words = (LabelWords.build(verbalizer, tokenizer, tokenize=lambda w: self._word_ids(w, sep))
                             if verbalizer is not None else None)
-        soft_counts = tuple(s.count if s.count is not None else len(word_token_ids(tokenizer, s.init))
-                            for s in template.soft_slots)
+        soft_counts = prompt_soft_counts(template, tokenizer)
         limit = causal_position_limit(lm)
         if max_length is not None and limit is not None and max_length > limit:
             raise ValueError(f"max_length={max_length} is more than {type(lm).__name__} takes ({limit} positions): "
@@ -250,7 +250,8 @@ class CausalPromptModel(nn.Module):
                              f"max_length={max_length} leaves: use fewer [SOFT] tokens or raise max_length")
         self.encoding = CausalEncoding(template, tokenizer, max_length, answer, soft_counts, self.score_suffix,
                                        self.chat_template)
-        self.soft_prompt = self._build_soft_prompt(seed, soft_counts) if template.has_soft_tokens else None
+        self.soft_prompt = (build_soft_prompt(lm.get_input_embeddings(), tokenizer, template, seed)
+                            if template.has_soft_tokens else None)
         params = inspect.signature(lm.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._takes_positions = "position_ids" in params
@@ -270,20 +271,6 @@ class CausalPromptModel(nn.Module):
         if separator:
             return word_token_ids(self.tokenizer, word)  # as after a space in running text
         return self.tokenizer(word, add_special_tokens=False)["input_ids"]
-
-    def _build_soft_prompt(self, seed: int, counts: tuple[int, ...]) -> SoftPrompt:
-        table = self.lm.get_input_embeddings().weight.detach()
-        generator = torch.Generator().manual_seed(seed)
-        special = set(self.tokenizer.all_special_ids)
-        ordinary = torch.tensor([i for i in range(table.shape[0]) if i not in special])
-        rows = []
-        for slot, count in zip(self.template.soft_slots, counts):
-            if slot.init is not None:
-                ids = torch.tensor(word_token_ids(self.tokenizer, slot.init))
-            else:  # sampled vocabulary embeddings (Lester et al. 2021)
-                ids = ordinary[torch.randint(len(ordinary), (count,), generator=generator)]
-            rows.append(table[ids.to(table.device)].float().cpu())
-        return SoftPrompt(torch.cat(rows), self.template.prompt_encoder)
 
     # ------------------------------------------------------------------ family interface
     @property

@@ -23,9 +23,10 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..encoding import Encoded, PromptEncoding, collate
-from ..prompts import SoftPrompt
+from ..prompts import build_soft_prompt
+from ..prompts import soft_counts as prompt_soft_counts
 from ..template import Template
-from ..verbalizer import Aggregation, LabelWords, Verbalizer, word_token_ids
+from ..verbalizer import Aggregation, LabelWords, Verbalizer
 from ..views import StandIn, gather_rows, module_path, view
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class PromptModel(nn.Module):
         self.template = template
         # without a verbalizer (label-word search) the answer slot is one mask wide
         self.label_words = LabelWords.build(verbalizer, tokenizer) if verbalizer is not None else None
-        soft_counts = tuple(self._soft_counts())
+        soft_counts = prompt_soft_counts(template, tokenizer)
         limit = position_limit(mlm, tokenizer)
         if max_length is not None and limit is not None and max_length > limit:
             raise ValueError(
@@ -93,7 +94,8 @@ class PromptModel(nn.Module):
         n_mask = self.label_words.max_tokens if self.label_words is not None else 1
         # checks the template against the tokenizer and max_length before any soft-prompt tensor exists
         self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts)
-        self.soft_prompt = self._build_soft_prompt(seed) if template.has_soft_tokens else None
+        self.soft_prompt = (build_soft_prompt(mlm.get_input_embeddings(), tokenizer, template, seed)
+                            if template.has_soft_tokens else None)
         self.split_head = self._probe_split()
         if not self.split_head:
             logger.warning(
@@ -104,26 +106,6 @@ class PromptModel(nn.Module):
         self.label_vocab_only = self._probe_label_vocab()
 
     # ------------------------------------------------------------------ set-up
-    def _soft_counts(self) -> list[int]:
-        counts = []
-        for slot in self.template.soft_slots:
-            counts.append(slot.count if slot.count is not None else len(word_token_ids(self.tokenizer, slot.init)))
-        return counts
-
-    def _build_soft_prompt(self, seed: int) -> SoftPrompt:
-        table = self.mlm.get_input_embeddings().weight.detach()
-        generator = torch.Generator().manual_seed(seed)
-        special = set(self.tokenizer.all_special_ids)
-        ordinary = torch.tensor([i for i in range(table.shape[0]) if i not in special])
-        rows = []
-        for slot in self.template.soft_slots:
-            if slot.init is not None:
-                ids = torch.tensor(word_token_ids(self.tokenizer, slot.init))
-            else:  # sampled vocabulary embeddings (Lester et al. 2021)
-                ids = ordinary[torch.randint(len(ordinary), (slot.count,), generator=generator)]
-            rows.append(table[ids.to(table.device)].cpu())
-        return SoftPrompt(torch.cat(rows), self.template.prompt_encoder)
-
     @torch.no_grad()
     def _probe_split(self) -> bool:
         """Do the mask-row paths equal plain logits on a tiny input? (eval mode, no dropout)"""
