@@ -469,3 +469,16 @@ def test_the_command_line_takes_a_causal_lm(causal_models, tmp_path):
     np.testing.assert_allclose(preds[["prob_neg", "prob_pos"]].to_numpy(), clf.predict_proba(TEXTS), atol=1e-5)
     done = subprocess.run(args[:-1] + ["--chat-template", "--quiet"], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "has no chat template" in done.stderr
+
+
+def test_multilabel_and_label_search_take_a_causal_lm(causal_models):
+    from promptcls import MultiLabelPromptClassifier, search_label_words
+
+    model, tokenizer = causal_models["gpt2"]
+    multi = MultiLabelPromptClassifier(model, "{text} Is it about {label}? [MASK]", labels={"f": "food", "s": "staff"},
+                                       tokenizer=tokenizer, verbalizer={"no": ["no"], "yes": ["yes"]}).fit()
+    proba = multi.predict_proba(TEXTS[:2])
+    single = clf_for(model, tokenizer, "{text} Is it about food? [MASK]", {"no": ["no"], "yes": ["yes"]})
+    np.testing.assert_allclose(proba[:, 0], single.predict_proba(TEXTS[:2])[:, 1], atol=1e-5)
+    words = search_label_words((model, tokenizer), "Review: {text} Sentiment: [MASK]", TEXTS, Y, k=2)
+    assert sorted(words.classes) == ["neg", "pos"] and all(len(w) == 2 for w in words.words.values())
