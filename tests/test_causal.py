@@ -482,3 +482,17 @@ def test_multilabel_and_label_search_take_a_causal_lm(causal_models):
     np.testing.assert_allclose(proba[:, 0], single.predict_proba(TEXTS[:2])[:, 1], atol=1e-5)
     words = search_label_words((model, tokenizer), "Review: {text} Sentiment: [MASK]", TEXTS, Y, k=2)
     assert sorted(words.classes) == ["neg", "pos"] and all(len(w) == 2 for w in words.words.values())
+
+
+def test_pet_distils_on_a_causal_lm(causal_models, tmp_path):
+    from promptcls import PETClassifier
+
+    model, tokenizer = causal_models["qwen2"]
+    patterns = [("[SOFT:Review:] {text} Sentiment: [MASK]", MULTI), ("[SOFT:Opinion:] {text} It was [MASK]", MULTI)]
+    pet = PETClassifier(model, patterns=patterns, tokenizer=tokenizer,
+                        classifier_params={"train_mode": "prompt", "epochs": 1, "train_batch_size": 2, "progress": False})
+    pet.fit(TEXTS, Y, unlabeled=TEXTS[::-1])
+    assert pet.predict(TEXTS).shape == (len(TEXTS),) and len(pet.pattern_models_) == 2
+    pet.final_.save_pretrained(tmp_path / "pet")  # the distilled model is a prompt model that saves and loads
+    loaded = PromptClassifier.from_pretrained(tmp_path / "pet", model=model, tokenizer=tokenizer)
+    np.testing.assert_allclose(loaded.decision_function(TEXTS), pet.final_.decision_function(TEXTS), atol=1e-6)
