@@ -1,6 +1,6 @@
 """Causal-LM scoring speed: promptcls against a bare forward of the prompts and one forward per candidate.
 
-Every method scores the same N texts with the template ``"Review: {text}\\nSentiment:[MASK]"`` (the
+Every method scores the same N texts with the template ``"Review: {text}\\nSentiment: [MASK]"`` (the
 slot at the end), in batches of 16 sorted by length, under ``torch.inference_mode``:
 
 ``promptcls``
@@ -49,7 +49,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
-TEMPLATE = "Review: {text}\nSentiment:[MASK]"
+TEMPLATE = "Review: {text}\nSentiment: [MASK]"
 ONE = {"negative": ["negative"], "positive": ["positive"]}
 CANDIDATES = ["dreadfully", "appallingly", "horrendous", "abysmally", "atrociously", "lamentable", "wonderfully",
               "marvellous", "splendidly", "magnificently", "delightfully", "exquisitely", "fabulously", "superbly",
@@ -78,7 +78,7 @@ def load(name: str):
 
 
 def prompts_and_batches(tokenizer, texts, batch_size):
-    prompts = [TEMPLATE.replace("{text}", t).replace("[MASK]", "") for t in texts]
+    prompts = [TEMPLATE.replace("{text}", t).replace(" [MASK]", "") for t in texts]
     ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     return [[ids[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
@@ -205,7 +205,7 @@ def write_report(rows, meta, out: Path) -> None:
     lines = [
         "# Causal-LM scoring speed", "",
         f"Command: `{meta['command']}` ({meta['minutes']} min, {meta['threads']} threads, torch {meta['torch']}, "
-        f"{meta['cpu']}). Template `Review: {{text}}\\nSentiment:[MASK]`, SST-2 test sentences, batches of 16. "
+        f"{meta['cpu']}). Template `Review: {{text}}\\nSentiment: [MASK]`, SST-2 test sentences, batches of 16. "
         "Medians over interleaved rounds; ratios are computed within each round.", "",
         "| model | words | promptcls texts/s | bare forward | bare forward + logits | one forward per candidate | "
         "promptcls vs bare forward | vs + logits | vs per candidate | cost in bare forwards |",

@@ -69,6 +69,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-test", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+",
+                        help="only these template variants (the word 'default' is the task's own default); all if not given")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of an earlier run's results file and "
+                                                                  "score only the (task, variant) pairs it lacks")
     parser.add_argument("--all-variants", action="store_true",
                         help="also the variants with text fields after the slot (scored as filled prompts: each "
                              "candidate re-reads the field, several times the cost)")
@@ -86,11 +90,19 @@ def main(argv=None) -> int:
     lm, tok = load_model("smollm2")
     started = time.time()
     rows, skipped = [], []
+    if args.resume and Path(f"{args.out}_runs.json").is_file():
+        earlier = json.loads(Path(f"{args.out}_runs.json").read_text())
+        rows, started = earlier["rows"], started - 60 * earlier["meta"]["minutes"]
     for task in args.tasks:
         train, dev, test = load_task(task, 13, max_test=args.max_test)
         pool = __import__("pandas").concat([train, dev], ignore_index=True)
         default_causal = task_entry(CATALOGUE_TASK[task])["templates"].get("default_causal")
+        task_default = task_entry(CATALOGUE_TASK[task])["templates"]["default"]
         for name, spec, words_name in variants(CATALOGUE_TASK[task]):
+            if args.variants and name not in args.variants and not ("default" in args.variants and name == task_default):
+                continue
+            if any(r["task"] == task and r["variant"] == name for r in rows):
+                continue
             template = Template(spec["template"], prompt_encoder=spec.get("prompt_encoder", "none"))
             if template.has_soft_tokens:
                 continue
@@ -145,20 +157,24 @@ def write_report(rows, args, started, skipped=()) -> None:
             "minutes": round((time.time() - started) / 60, 1), "max_test": args.max_test,
             "command": f"python benchmarks/causal_zero_shot.py --max-test {args.max_test}"
             + (f" --tasks {' '.join(args.tasks)}" if list(args.tasks) != list(TASKS) else "")
-            + (" --all-variants" if args.all_variants else ""), "skipped": list(skipped)}
+            + (" --all-variants" if args.all_variants else "")
+            + (f" --variants {' '.join(args.variants)}" if args.variants else ""), "skipped": list(skipped)}
     Path(f"{out}_runs.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
     lines = [
         "# Zero-shot accuracy of SmolLM2-135M-Instruct (causal LM)", "",
         f"Command: `{meta['command']}` ({meta['minutes']} min on {meta['threads']} threads, {meta['cpu']}). Test sets "
         f"of at most {args.max_test} examples (`benchmarks/data.py`, a fixed subsample). Accuracy in %; `cal.`: "
         "contextual calibration from the same scores. `dev`: the seed-13 16-shot train + dev examples.", "",
-        "## Per task: the causal default, the dev choice, LM-BFF's published zero-shot", "",
-        "| task | default_causal (`cbu`) | calibrated | dev-chosen variant | its test | calibrated | LM-BFF RoBERTa-large zero-shot |",
+        "## Per task: the Calibrate-Before-Use prompt, the dev choice, LM-BFF's published zero-shot", "",
+        "The catalogue's `default_causal` is the dev-chosen template variant of this table (`cbu` was the "
+        "default before the run); `(default_causal)` in the second table marks the variant that was the default "
+        "when the run was made.", "",
+        "| task | `cbu` (Calibrate Before Use) | calibrated | dev-chosen variant | its test | calibrated | LM-BFF RoBERTa-large zero-shot |",
         "|---|---|---|---|---|---|---|",
     ]
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
-        default = next((r for r in mine if r["default_causal"]), None)
+        default = next((r for r in mine if r["variant"] == "cbu"), None)
         best = max(mine, key=lambda r: (max(r["dev"], r["dev_calibrated"]), r["variant"] == "cbu"))
         best_cal = best["dev_calibrated"] > best["dev"]
         ref = LMBFF_ZERO_SHOT.get(task)
@@ -174,6 +190,10 @@ def write_report(rows, args, started, skipped=()) -> None:
                      f"{r['verbalizer']} | {scoring} | {r['n_test']} | {100 * r['test']:.1f} | "
                      f"{100 * r['test_calibrated']:.1f} | {100 * r['dev']:.1f} | {100 * r['dev_calibrated']:.1f} | "
                      f"{r['seconds']} |")
+    if args.variants:
+        lines += ["", f"Only the variants `{' '.join(args.variants)}` ran in the last invocation; with `--resume` the rows "
+                  "of an earlier invocation are kept (the second table lists every variant that ran). The other "
+                  "catalogue variants were not run."]
     if skipped:
         lines += ["", f"Not run (text fields after the slot; `--all-variants` runs them): {', '.join(skipped)}."]
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
