@@ -30,14 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = ("sst2", "sst5", "mr", "cr", "trec", "agnews", "rte", "cb", "boolq")
-CATALOGUE_TASK = {"sst2": "sst2", "sst5": "sst5", "mr": "mr", "cr": "cr", "trec": "trec", "agnews": "agnews",
-                  "rte": "rte", "cb": "cb", "boolq": "boolq"}
 LMBFF_ZERO_SHOT = {"sst2": 83.6, "sst5": 35.0, "mr": 80.8, "cr": 79.5}
 
 
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
     from data import describe_split, load_task
 
     from promptcls import PromptClassifier, Template
-    from promptcls.catalogue import task_entry
+    from promptcls.catalogue import load_verbalizer, task_entry
     from promptcls.loading import load_model
     from promptcls.template import Field, Mask
 
@@ -95,10 +94,10 @@ def main(argv=None) -> int:
         rows, started = earlier["rows"], started - 60 * earlier["meta"]["minutes"]
     for task in args.tasks:
         train, dev, test = load_task(task, 13, max_test=args.max_test)
-        pool = __import__("pandas").concat([train, dev], ignore_index=True)
-        default_causal = task_entry(CATALOGUE_TASK[task])["templates"].get("default_causal")
-        task_default = task_entry(CATALOGUE_TASK[task])["templates"]["default"]
-        for name, spec, words_name in variants(CATALOGUE_TASK[task]):
+        pool = pd.concat([train, dev], ignore_index=True)
+        default_causal = task_entry(task)["templates"].get("default_causal")
+        task_default = task_entry(task)["templates"]["default"]
+        for name, spec, words_name in variants(task):
             if args.variants and name not in args.variants and not ("default" in args.variants and name == task_default):
                 continue
             if any(r["task"] == task and r["variant"] == name for r in rows):
@@ -116,9 +115,7 @@ def main(argv=None) -> int:
             if not args.all_variants and any(isinstance(p, Field) for p in parts[slot + 1:]):
                 skipped.append(f"{task} {name}")
                 continue
-            from promptcls.catalogue import load_verbalizer
-
-            verbalizer = load_verbalizer(CATALOGUE_TASK[task], words_name)
+            verbalizer = load_verbalizer(task, words_name)
             t0 = time.time()
             try:
                 clf = PromptClassifier(lm, template, verbalizer, tokenizer=tok, batch_size=args.batch_size,

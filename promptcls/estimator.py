@@ -356,16 +356,6 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         missing: list[str] = []
         with seeded(self.random_state_, device):  # weights a checkpoint lacks are initialised while loading
             mlm, tokenizer = load_model(self.model, self.tokenizer, missing, family=self.family, gguf_file=self.gguf_file)
-        prefix = "mlm" if build_family(mlm, self.family) == "masked" else "lm"
-        self.initialised_parameters_ = [f"{prefix}.{name}" for name in missing]
-        uncovered = [n for n in self.initialised_parameters_ if n not in covered]
-        if uncovered:
-            logger.warning(
-                "%s ships no weights for %d parameters (%s): they start at random (seeded by random_state); "
-                "scores from them mean nothing until they are trained (train_mode='head' or 'full')",
-                _model_name(self.model), len(uncovered), ", ".join(n.split(".", 1)[1] for n in uncovered[:3])
-                + (", ..." if len(uncovered) > 3 else ""),
-            )
         passed_in = not isinstance(self.model, (str, os.PathLike))
         if passed_in:
             on_device = mlm.get_input_embeddings().weight.device
@@ -378,6 +368,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         model = build_prompt_model(mlm, tokenizer, template, verbalizer, max_length=self.max_length,
                                    seed=self.random_state_, family=self.family, score_suffix=self.score_suffix,
                                    chat_template=self.chat_template)
+        self.initialised_parameters_ = [f"{model.lm_prefix}.{name}" for name in missing]
+        uncovered = [n for n in self.initialised_parameters_ if n not in covered]
+        if uncovered:
+            logger.warning(
+                "%s ships no weights for %d parameters (%s): they start at random (seeded by random_state); "
+                "scores from them mean nothing until they are trained (train_mode='head' or 'full')",
+                _model_name(self.model), len(uncovered), ", ".join(n.split(".", 1)[1] for n in uncovered[:3])
+                + (", ..." if len(uncovered) > 3 else ""),
+            )
         if model.family == "causal" and Decoding(self.decoding) == Decoding.ITERATIVE:
             raise ValueError("decoding='iterative' is PET's decoding for masked LMs; a causal LM scores multi-token "
                              "words exactly, left to right: leave decoding='parallel'")
@@ -529,12 +528,6 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         """Predicted labels, from ``classes_``."""
         scores = self.decision_function(X)
         return self.classes_[scores.argmax(1)]
-
-
-def build_family(lm: Any, family: str) -> str:
-    from .families import detect_family
-
-    return detect_family(lm) if family == "auto" else family
 
 
 def _model_name(model: Any) -> str:

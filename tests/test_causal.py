@@ -233,17 +233,17 @@ def test_prompt_mode_moves_only_the_soft_prompt(causal_models, name):
     assert clf.trained_parameters_ == ["soft_prompt.embedding"]
     for n, p in clf.model_.lm.named_parameters():
         torch.testing.assert_close(p, before[n], atol=0, rtol=0)
-    assert not torch.equal(clf.model_.soft_prompt.embedding, clf.model_.soft_prompt.embedding.new_zeros(1))
+    start = PromptClassifier(model, "[SOFT*2] Review: {text} Sentiment: [MASK]", MULTI, tokenizer=tokenizer).fit()
+    assert not torch.equal(clf.model_.soft_prompt.embedding, start.model_.soft_prompt.embedding)  # it trained
 
 
-def test_full_mode_moves_everything_and_learns(causal_models):
+def test_full_mode_moves_everything_and_leaves_the_callers_model(causal_models):
     model, tokenizer = causal_models["qwen2"]
     clf, before = trained(model, tokenizer, "full", learning_rate=1e-3)
     moved = [n for n, p in clf.model_.lm.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before)
-    for p in model.parameters():  # the caller's model is untouched
-        assert not p.requires_grad or True
-    torch.testing.assert_close(dict(model.named_parameters())["lm_head.weight"], before["lm_head.weight"])
+    for n, p in model.named_parameters():  # training worked on a copy
+        torch.testing.assert_close(p, before[n], atol=0, rtol=0)
 
 
 def test_head_mode_needs_a_head_of_its_own(causal_models):

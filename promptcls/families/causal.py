@@ -55,6 +55,16 @@ class CausalEncoded:
     suffix_ids: list[int]
 
 
+def slot_separator(template: Template, chat_template: bool = False) -> str:
+    """The spaces between the prompt and the slot, which belong to the word: ``"It was" + " great"``."""
+    if chat_template:
+        return ""  # the answer opens the assistant's turn
+    parts = [p for seg in template.segments for p in seg]
+    slot = next(i for i, p in enumerate(parts) if isinstance(p, Mask))
+    before = parts[slot - 1] if slot else None
+    return before.text[len(before.text.rstrip(" ")):] if isinstance(before, Text) else ""
+
+
 def causal_position_limit(lm: nn.Module) -> int | None:
     n = getattr(lm.config, "max_position_embeddings", None)
     return n if isinstance(n, int) and n > 0 else None
@@ -84,10 +94,7 @@ class CausalEncoding:
             after = [p.name for p in parts[slot + 1:] if isinstance(p, Field)]
             logger.warning("template %r has fields %s after [MASK]: with score_suffix=False a causal LM never sees them; "
                            "use score_suffix=True or put the slot at the end", template.source, after)
-        before = parts[slot - 1] if slot else None
-        # the spaces between the prompt and the slot belong to the word: "It was" + " great"
-        self.separator = "" if chat_template else (
-            before.text[len(before.text.rstrip(" ")):] if isinstance(before, Text) else "")
+        self.separator = slot_separator(template, chat_template)
         if chat_template and getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"chat_template=True but {type(tokenizer).__name__} has no chat template: "
                              "use an instruction-tuned model's tokenizer or chat_template=False")
@@ -164,9 +171,7 @@ class CausalEncoding:
 
     def encode(self, rows: Sequence[dict[str, str]], truncate: bool = True) -> list[CausalEncoded]:
         """Encode rows; rows over ``max_length`` are shortened in their text fields only."""
-        if truncate:
-            rows = self.truncate(rows)
-        return [self._encode_row(r) for r in rows]
+        return [self._fit(r, i)[1] if truncate else self._encode_row(r) for i, r in enumerate(rows)]
 
     def _encode_row(self, row: dict[str, str]) -> CausalEncoded:
         pieces, suffix = self._split(row)
@@ -183,23 +188,21 @@ class CausalEncoding:
             if self.start_id is None:
                 raise ValueError(f"template {self.template.source!r} puts nothing before the answer slot and the "
                                  "tokenizer has no BOS or EOS token to start from: write some text before [MASK]")
-            ids = [self.start_id] + ids
-            soft = [p + 1 for p in soft]
+            ids = [self.start_id]
         suffix_ids = self._tokens([suffix])[0] if suffix and self.score_suffix else []
         return CausalEncoded(input_ids=ids, soft_pos=soft, suffix_ids=suffix_ids)
 
     def truncate(self, rows: Sequence[dict[str, str]]) -> list[dict[str, str]]:
         """The rows as they are scored: text fields shortened (from their end, the longest first) to fit."""
-        out = []
-        for i, row in enumerate(rows):
-            row = dict(row)
-            for _ in range(10_000):
-                excess = self.length(self._encode_row(row)) - self.max_length
-                if excess <= 0:
-                    break
-                row = self._shorten(row, i, excess)
-            out.append(row)
-        return out
+        return [self._fit(r, i)[0] for i, r in enumerate(rows)]
+
+    def _fit(self, row: dict[str, str], i: int) -> tuple[dict[str, str], CausalEncoded]:
+        """Row ``i`` shortened until it fits ``max_length``, and its encoding (a row that fits is encoded once)."""
+        encoded = self._encode_row(row)
+        while (excess := self.length(encoded) - self.max_length) > 0:
+            row = self._shorten(dict(row), i, excess)  # each pass drops tokens, so this ends
+            encoded = self._encode_row(row)
+        return row, encoded
 
     def _shorten(self, row: dict[str, str], i: int, excess: int) -> dict[str, str]:
         fields = [f for f in self.template.fields if row.get(f)]
@@ -233,7 +236,7 @@ class CausalPromptModel(nn.Module):
         self.template = template
         self.score_suffix = bool(score_suffix)
         self.chat_template = bool(chat_template)
-        sep = self._separator(template)
+        sep = slot_separator(template, self.chat_template)
         self.label_words = (LabelWords.build(verbalizer, tokenizer, tokenize=lambda w: self._word_ids(w, sep))
                             if verbalizer is not None else None)
         soft_counts = prompt_soft_counts(template, tokenizer)
@@ -258,14 +261,6 @@ class CausalPromptModel(nn.Module):
         self._keep_rows = "logits_to_keep" in params
         self.shares_cache = True
         self._probe()
-
-    def _separator(self, template: Template) -> str:
-        if self.chat_template:
-            return ""
-        parts = [p for seg in template.segments for p in seg]
-        slot = next(i for i, p in enumerate(parts) if isinstance(p, Mask))
-        before = parts[slot - 1] if slot else None
-        return before.text[len(before.text.rstrip(" ")):] if isinstance(before, Text) else ""
 
     def _word_ids(self, word: str, separator: str) -> list[int]:
         if separator:
