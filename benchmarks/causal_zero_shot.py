@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     rows, skipped = [], []
     if args.resume and Path(f"{args.out}_runs.json").is_file():
         earlier = json.loads(Path(f"{args.out}_runs.json").read_text())
+        if earlier["meta"]["max_test"] != args.max_test:
+            parser.error(f"--resume: {args.out}_runs.json was run with --max-test {earlier['meta']['max_test']}, "
+                         f"not {args.max_test}; give another --out or the same --max-test")
         rows, started = earlier["rows"], started - 60 * earlier["meta"]["minutes"]
     for task in args.tasks:
         train, dev, test = load_task(task, 13, max_test=args.max_test)

@@ -351,6 +351,11 @@ def _prompt(args, words: bool = True) -> Prompt:
         columns = _columns(args) or config.get("params", {}).get("columns") or None
         return Prompt(template, None, classes, columns, _edits(args), config)
     template = Template.coerce(_template_value(args))
+    if getattr(args, "soft_init", None):
+        try:
+            template = Template(template.source, template.prompt_encoder, soft_init=args.soft_init)
+        except ValueError as e:
+            raise CLIError(f"--soft-init {args.soft_init}: {e}") from None
     verbalizer = _verbalizer_value(args) if words else None
     classes = _class_labels(verbalizer) if words else []
     return Prompt(template, verbalizer, classes, _columns(args), _edits(args))
@@ -533,7 +538,8 @@ def cmd_train(args) -> None:
         dev_X = dev.drop(columns=[args.label_column])
         _check_columns(dev_X, prompt.template.fields, prompt.columns, args.dev)
         fit_args["eval_set"] = (_apply(prompt, dev_X), dev_y)
-    extra: dict[str, Any] = {"epochs": args.epochs, "random_state": args.seed, "train_batch_size": args.train_batch_size}
+    extra: dict[str, Any] = {"epochs": args.epochs, "random_state": args.seed, "train_batch_size": args.train_batch_size,
+                             **_part_settings(args)}
     for name in ("learning_rate", "prompt_learning_rate", "head_learning_rate"):
         if getattr(args, name) is not None:
             extra[name] = getattr(args, name)
@@ -555,8 +561,10 @@ def cmd_train(args) -> None:
             epochs += f"; stopped after epoch {ran} (--patience {args.patience})"
     else:
         epochs = f"{ran} epochs"
-    print(f"trained {args.mode} on {len(y)} examples ({epochs}); training accuracy {accuracy:.3f}; "
-          f"saved to {args.output_dir}", file=sys.stderr)
+    counts = clf.trainable_parameters_
+    print(f"trained {args.mode} on {len(y)} examples ({epochs}); {counts['trainable']:,} of {counts['total']:,} "
+          f"parameters ({100 * counts['share']:.3g}%); training accuracy {accuracy:.3f}; saved to {args.output_dir}",
+          file=sys.stderr)
 
 
 def evaluation_report(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]) -> dict[str, Any]:
@@ -665,7 +673,7 @@ def cmd_pet(args) -> None:
 
         X, unlabeled = apply_input_edits(X, edits, columns), apply_input_edits(unlabeled, edits, columns)
     params = {"train_mode": args.mode, "epochs": args.epochs, "random_state": args.seed,
-              "train_batch_size": args.train_batch_size, **_settings(args)}
+              "train_batch_size": args.train_batch_size, **_settings(args), **_part_settings(args)}
     if args.learning_rate is not None:
         params["learning_rate"] = args.learning_rate
     model = _model(args)
@@ -812,6 +820,9 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template-variant", help="catalogue template variant (default: the task's default)")
     g.add_argument("--verbalizer", help="label words as JSON {class: [words]}, or @file.json; overrides --task")
     g.add_argument("--verbalizer-variant", help="catalogue verbalizer variant (default: the task's default)")
+    g.add_argument("--soft-init", choices=["vocab", "uniform", "label-words"],
+                   help="where [SOFT] / [SOFT*n] tokens start: sampled vocabulary embeddings (the default), uniform "
+                        "random values, or the label words' embeddings ([SOFT:words] starts from its words)")
     g.add_argument("--apply-edits", action="store_true",
                    help="apply the text edits the --task variant's source made to its inputs (LM-BFF drops a "
                         "sentence's final punctuation mark, for instance; `promptcls catalogue TASK` lists them)")
@@ -863,11 +874,29 @@ def _add_io_options(p: argparse.ArgumentParser, labels: bool) -> None:
         g.add_argument("--label-column", default="label", help="the column of class labels")
 
 
+def _add_part_options(g) -> None:
+    g.add_argument("--prefix-length", type=int, default=16, help="--mode prefix: key/value pairs per layer")
+    g.add_argument("--prefix-hidden-size", type=int,
+                   help="--mode prefix: train through an MLP of this width, folded away after training (Li and Liang)")
+    g.add_argument("--lora-rank", type=int, default=8, help="--mode lora: the rank of each update")
+    g.add_argument("--lora-alpha", type=float, default=16.0, help="--mode lora: the update's scale is alpha / rank")
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="--mode lora: dropout on the update's input")
+    g.add_argument("--lora-target-modules", nargs="+", metavar="NAME",
+                   help="--mode lora / ia3: the layers to adapt, by module-name suffix (default: every linear layer "
+                        "in the model's blocks)")
+
+
+def _part_settings(args) -> dict[str, Any]:
+    return {"prefix_length": args.prefix_length, "prefix_hidden_size": args.prefix_hidden_size,
+            "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
+            "lora_target_modules": args.lora_target_modules}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="promptcls", description="Prompt-based text classification with masked LMs.", formatter_class=HelpFormatter,
+        prog="promptcls", description="Prompt-based text classification with masked and causal LMs.", formatter_class=HelpFormatter,
         epilog="`promptcls COMMAND --help` shows a command's options, their defaults and examples.",
     )
     parser.add_argument("--version", action="version", version=f"promptcls {__version__}")
@@ -877,7 +906,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", epilog=EXAMPLES[name],
                               formatter_class=HelpFormatter)
 
-    modes = ["head", "prompt", "head+prompt", "full"]
+    def modes(value: str) -> str:
+        from .parts import parse_train_mode
+
+        try:
+            return "+".join(parse_train_mode(value)) or "none"
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
     p = command("predict", "zero-shot predictions, or predictions of a saved model")
     _add_prompt_options(p)
     _add_model_options(p, command="predict")
@@ -891,7 +927,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p, saved=False, command="train")
     _add_io_options(p, labels=True)
     g = p.add_argument_group("training")
-    g.add_argument("--mode", default="head", choices=modes, help="what is trained")
+    g.add_argument("--mode", default="head", type=modes,
+                   help="what is trained: head, prompt, prefix, lora, ia3 or full, or parts joined by + "
+                        "(head+prompt, head+lora, prompt+lora, ...)")
+    _add_part_options(g)
     g.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training file")
     g.add_argument("--learning-rate", type=float, help=f"the model's / head's rate (default per --mode: {_rates(0)})")
     g.add_argument("--prompt-learning-rate", type=float,
@@ -928,7 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_options(p, labels=True)
     g = p.add_argument_group("training")
     g.add_argument("--unlabeled", required=True, help="file of unlabeled texts (same columns, no label needed)")
-    g.add_argument("--mode", default="full", choices=modes, help="what each pattern's model trains (PET: full)")
+    g.add_argument("--mode", default="full", type=modes, help="what each pattern's model trains (PET: full)")
+    _add_part_options(g)
     g.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per pattern and for the final model")
     g.add_argument("--learning-rate", type=float, help=f"the model's / head's rate (default per --mode: {_rates(0)})")
     g.add_argument("--train-batch-size", type=int, default=TRAIN_BATCH_SIZE, help="examples per training step")

@@ -23,6 +23,7 @@ from .encoding import length_batches
 from .inputs import to_rows
 from .loading import load_model
 from .modeling import PromptModel, build_prompt_model, structural_copy
+from .parts import build_parts, count_parameters, parse_train_mode
 from .saving import fingerprint, load_classifier, save_classifier
 from .template import Template
 from .verbalizer import Verbalizer
@@ -35,13 +36,16 @@ DEFAULT_CONTENT_FREE = ("N/A", "")
 
 
 class TrainMode(str, Enum):
-    """Which parameters ``fit`` updates."""
+    """Shorthands for ``train_mode``; any parts joined by ``+`` work too (:mod:`promptcls.parts`)."""
 
     NONE = "none"  # zero-shot: fit only validates and fixes classes_
     HEAD = "head"  # the MLM head (transform, layer norm, output bias)
     PROMPT = "prompt"  # soft-token embeddings (and the P-tuning encoder)
     HEAD_PROMPT = "head+prompt"
     FULL = "full"  # every parameter of the model, and the prompt
+    PREFIX = "prefix"  # key/value prefixes at every layer (P-tuning v2)
+    LORA = "lora"  # low-rank updates of the blocks' linear layers (peft)
+    IA3 = "ia3"  # IA3 scaling vectors (peft)
 
 
 class Decoding(str, Enum):
@@ -167,7 +171,20 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         Label words per class: ``{"negative": ["terrible"], "positive": ["great", "good"]}``.
     tokenizer : tokenizer, optional
         Required with a loaded model; loaded from ``model`` otherwise.
-    train_mode : {"none", "head", "prompt", "head+prompt", "full"}
+    train_mode : str
+        What ``fit`` trains: ``"none"`` (zero-shot), or parts joined by ``+`` (:mod:`promptcls.parts`):
+        ``"head"``, ``"prompt"`` (the template's soft tokens), ``"prefix"`` (key/value prefixes at every
+        layer), ``"lora"``, ``"ia3"`` (adapters through ``peft``), ``"full"``; e.g. ``"head+prompt"``,
+        ``"head+lora"``, ``"prompt+lora"``. ``trainable_parameters_`` gives the count and share trained.
+    prefix_length : int
+        ``prefix``: key/value pairs per layer.
+    prefix_hidden_size : int, optional
+        ``prefix``: train through Li and Liang's MLP of this width, folded away after training.
+    lora_rank, lora_alpha, lora_dropout : int, float, float
+        ``lora``: the rank of the update, its scale ``alpha / rank``, dropout on its input.
+    lora_target_modules : list of str or str, optional
+        ``lora`` / ``ia3``: the layers to adapt, in ``peft``'s forms; None: every linear layer in the
+        model's blocks.
         What ``fit`` trains. ``"none"`` is zero-shot.
     columns : dict, optional
         Template field -> column name, for DataFrames, dicts and datasets.
@@ -268,6 +285,12 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         gguf_file: str | None = None,
         score_suffix: bool = False,
         chat_template: bool = False,
+        prefix_length: int = 16,
+        prefix_hidden_size: int | None = None,
+        lora_rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        lora_target_modules: Sequence[str] | str | None = None,
     ) -> None:
         self.model = model
         self.template = template
@@ -300,6 +323,12 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.gguf_file = gguf_file
         self.score_suffix = score_suffix
         self.chat_template = chat_template
+        self.prefix_length = prefix_length
+        self.prefix_hidden_size = prefix_hidden_size
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = lora_target_modules
 
     # ------------------------------------------------------------------ sklearn plumbing
     def _validate(self) -> tuple[Template, Verbalizer]:
@@ -307,7 +336,16 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             raise ValueError("model is required: a hub id, a local path or a loaded masked LM")
         if self.verbalizer is None:
             raise ValueError('verbalizer is required: label words per class, e.g. {"neg": ["bad"], "pos": ["good"]}')
-        _choice(TrainMode, self.train_mode, "train_mode")
+        parse_train_mode(self.train_mode)
+        _integer("prefix_length", self.prefix_length, 1)
+        _integer("prefix_hidden_size", self.prefix_hidden_size, 1, optional=True)
+        _integer("lora_rank", self.lora_rank, 1)
+        _number("lora_alpha", self.lora_alpha, 0.0, low_open=True)
+        _number("lora_dropout", self.lora_dropout, 0.0, 1.0)
+        targets = self.lora_target_modules
+        if targets is not None and not isinstance(targets, str) and not (
+                isinstance(targets, Sequence) and targets and all(isinstance(t, str) for t in targets)):
+            raise TypeError(f"lora_target_modules must be module names (a list of str), a regex or None, got {targets!r}")
         _choice(Decoding, self.decoding, "decoding")
         _integer("batch_size", self.batch_size, 1)
         _integer("max_length", self.max_length, 4, optional=True)
@@ -339,9 +377,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         return Template.coerce(self.template), Verbalizer.coerce(self.verbalizer)
 
     @property
-    def train_mode_(self) -> TrainMode:
-        """``train_mode`` as the enum (a string or ``TrainMode`` may be given)."""
-        return TrainMode(self.train_mode)
+    def train_mode_(self) -> str:
+        """``train_mode`` as its canonical string: its parts in a fixed order (``"lora+head"`` -> ``"head+lora"``)."""
+        return "+".join(parse_train_mode(self.train_mode)) or "none"
+
+    def _part_options(self) -> dict[str, Any]:
+        return {"prefix_length": self.prefix_length, "prefix_hidden_size": self.prefix_hidden_size,
+                "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                "lora_target_modules": self.lora_target_modules, "seed": self.random_state_,
+                "train_mode": self.train_mode_}
 
     def _build(self, template: Template, verbalizer: Verbalizer, *, copy_model: bool,
                covered: frozenset[str] = frozenset()) -> PromptModel:
@@ -380,7 +424,33 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if model.family == "causal" and Decoding(self.decoding) == Decoding.ITERATIVE:
             raise ValueError("decoding='iterative' is PET's decoding for masked LMs; a causal LM scores multi-token "
                              "words exactly, left to right: leave decoding='parallel'")
+        self.parts_ = build_parts(parse_train_mode(self.train_mode), self._part_options())
+        with seeded(self.random_state_, device):
+            for part in self.parts_:
+                part.attach(model)
         return model.to(device).eval()  # training switches modes itself and switches back
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """The base model's fingerprint: without the tensors the checkpoint lacked or a part added."""
+        added = [n for part in self.parts_ if part.adds_parameters for n in part.parameters(self.model_)]
+        return fingerprint(self.model_, exclude=[*self.initialised_parameters_, *added])
+
+    def _count_trainable(self) -> None:
+        trained = {n: p for part in self.parts_ for n, p in part.parameters(self.model_).items()}
+        self.trainable_parameters_ = count_parameters(self.model_, trained)
+
+    def merge_adapters(self) -> PromptClassifier:
+        """Fold trained LoRA updates into the model's weights for inference (the same scores, no extra cost).
+
+        Only this classifier's copy of the model changes; a save still holds the adapter tensors alone.
+        """
+        check_is_fitted(self, "model_")
+        if not any(p.name == "lora" for p in self.parts_):
+            raise ValueError(f"train_mode={self.train_mode_!r} has no LoRA adapters to merge")
+        from .parts.lora import merge_adapters
+
+        merge_adapters(self.model_.lm)
+        return self
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -417,9 +487,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                 raise ValueError(f"X has {n_rows(X)} rows but y has {len(y)} labels")
         if mode != TrainMode.NONE:
             if X is None or (y is None and soft_labels is None):
-                raise ValueError(f"train_mode={mode.value!r} trains on labelled data: call fit(X, y)")
+                raise ValueError(f"train_mode={mode!r} trains on labelled data: call fit(X, y)")
             if n_rows(X) == 0:
-                raise ValueError(f"train_mode={mode.value!r} needs at least one training example; X is empty")
+                raise ValueError(f"train_mode={mode!r} needs at least one training example; X is empty")
         if unlabeled is not None and n_rows(unlabeled) == 0:
             raise ValueError("unlabeled is empty: pass unlabeled texts for PET's auxiliary loss, or leave it None")
         if eval_set is not None:
@@ -434,14 +504,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if mode != TrainMode.NONE and self.early_stopping_patience is not None and eval_set is None:
             raise ValueError(f"early_stopping_patience={self.early_stopping_patience} watches the dev accuracy: "
                              "pass fit(X, y, eval_set=(X_dev, y_dev))")
-        if self.head_learning_rate is not None and mode in (TrainMode.NONE, TrainMode.PROMPT):
-            raise ValueError(f"head_learning_rate is set but train_mode={mode.value!r} does not train the MLM head: "
-                             "use train_mode='head', 'head+prompt' or 'full', or leave head_learning_rate=None")
+        if self.head_learning_rate is not None and not {"head", "full"} & set(mode.split("+")):
+            raise ValueError(f"head_learning_rate is set but train_mode={mode!r} does not train the MLM head: "
+                             "add 'head' to train_mode (or use 'full'), or leave head_learning_rate=None")
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
         self.template_ = template
         self.verbalizer_ = verbalizer
         self.classes_ = classes_array(verbalizer)
-        self.base_fingerprint_ = fingerprint(self.model_, exclude=self.initialised_parameters_)
+        self.base_fingerprint_ = self._fingerprint()
+        self._count_trainable()
         self.calibration_ = None
         self.trained_parameters_: list[str] = []
         self.history_: list[dict[str, float]] = []
@@ -457,7 +528,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                     )
             self.calibration_ = self._content_free_log_probs()
         except BaseException:
-            for name in ("model_", "template_", "verbalizer_", "classes_", "calibration_", "base_fingerprint_"):
+            for name in ("model_", "template_", "verbalizer_", "classes_", "calibration_", "base_fingerprint_", "parts_",
+                         "trainable_parameters_"):
                 self.__dict__.pop(name, None)  # a failed fit leaves no half-fitted classifier behind
             raise
         return self

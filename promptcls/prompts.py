@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .template import PromptEncoderType, Template
+from .template import PromptEncoderType, SoftInit, Template
 
 __all__ = ["SoftPrompt", "soft_counts", "build_soft_prompt"]
 
@@ -58,20 +58,34 @@ def soft_counts(template: Template, tokenizer) -> tuple[int, ...]:
     return tuple(s.count if s.count is not None else len(word_token_ids(tokenizer, s.init)) for s in template.soft_slots)
 
 
-def build_soft_prompt(embeddings: nn.Module, tokenizer, template: Template, seed: int) -> SoftPrompt:
-    """The template's soft prompt, started from input-embedding rows: those of ``[SOFT:words]``, or rows
-    of ordinary (non-special) vocabulary tokens sampled with ``seed`` (Lester et al. 2021)."""
+def build_soft_prompt(embeddings: nn.Module, tokenizer, template: Template, seed: int,
+                      label_token_ids: list[list[int]] | None = None) -> SoftPrompt:
+    """The template's soft prompt, each slot started as the template's ``soft_init`` says (Lester et al. 2021).
+
+    ``[SOFT:words]``: the words' embedding rows. Other slots: ``"vocab"``, rows of ordinary (non-special)
+    vocabulary tokens sampled with ``seed``; ``"uniform"``, uniform values with the table's standard
+    deviation; ``"label-words"``, the rows of the label words' tokens (``label_token_ids``, each word's
+    tokens in class order, repeated tokens once), then sampled rows when a slot is longer.
+    """
     from .verbalizer import word_token_ids
 
     table = embeddings.weight.detach()
     generator = torch.Generator().manual_seed(seed)
     special = set(tokenizer.all_special_ids)
     ordinary = torch.tensor([i for i in range(table.shape[0]) if i not in special])
+    label_ids = list(dict.fromkeys(t for word in (label_token_ids or []) for t in word))
+    if template.soft_init == SoftInit.LABEL_WORDS and not label_ids:
+        raise ValueError("soft_init='label-words' starts soft tokens from the label words, but there are none here "
+                         "(label-word search has no verbalizer yet): use soft_init='vocab'")
     rows = []
     for slot, count in zip(template.soft_slots, soft_counts(template, tokenizer)):
         if slot.init is not None:
-            ids = torch.tensor(word_token_ids(tokenizer, slot.init))
+            rows.append(table[torch.tensor(word_token_ids(tokenizer, slot.init)).to(table.device)].float().cpu())
+        elif template.soft_init == SoftInit.UNIFORM:
+            spread = float(table.float().std()) * 3**0.5  # uniform(-a, a) has standard deviation a / sqrt(3)
+            rows.append((torch.rand(count, table.shape[1], generator=generator) * 2 - 1) * spread)
         else:
-            ids = ordinary[torch.randint(len(ordinary), (count,), generator=generator)]
-        rows.append(table[ids.to(table.device)].float().cpu())
+            ids = torch.tensor(label_ids[:count] if template.soft_init == SoftInit.LABEL_WORDS else [], dtype=torch.long)
+            sampled = ordinary[torch.randint(len(ordinary), (count - len(ids),), generator=generator)]
+            rows.append(table[torch.cat([ids, sampled]).to(table.device)].float().cpu())
     return SoftPrompt(torch.cat(rows), template.prompt_encoder)

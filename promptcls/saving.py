@@ -42,7 +42,8 @@ _FORMAT = 2
 # settings that are not JSON (loaded objects) or are given again at load time
 _NOT_SAVED = {"model", "tokenizer", "callbacks", "template", "verbalizer", "device", "progress"}
 # settings a load may not change: the saved tensors were trained for them
-_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode"}
+_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "prefix_length", "prefix_hidden_size", "lora_rank",
+                  "lora_alpha", "lora_dropout", "lora_target_modules"}
 _SAMPLES_PER_TENSOR = 64
 
 
@@ -60,7 +61,7 @@ def _weights_digests(model: PromptModel, exclude: Iterable[str]) -> dict[str, st
         flat = p.detach().reshape(-1)
         k = min(_SAMPLES_PER_TENSOR, flat.numel())
         idx = (torch.arange(k, dtype=torch.long) * (flat.numel() - 1) // max(k - 1, 1)).to(flat.device)  # exact ints
-        names.append(f"{name}:{tuple(p.shape)}")
+        names.append(f"{name.replace('.base_layer.', '.')}:{tuple(p.shape)}")  # as without peft's adapters
         samples.append(flat[idx].float().cpu())
     values = torch.cat(samples) if samples else torch.zeros(0)
     head = json.dumps(names).encode()
@@ -203,7 +204,7 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
         tensors["calibration"] = clf.calibration_.detach().cpu()
     base = clf.model if isinstance(clf.model, (str, os.PathLike)) else getattr(model.lm, "name_or_path", "")
     params = {k: v for k, v in clf.get_params(deep=False).items() if k not in _NOT_SAVED}
-    params["train_mode"] = clf.train_mode_.value
+    params["train_mode"] = clf.train_mode_
     params["random_state"] = clf.random_state_  # the seed this fit used (None or a generator resolve to it)
     config = {
         "format": _FORMAT,
@@ -215,6 +216,7 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
         "trained_parameters": list(clf.trained_parameters_),
         "stored_parameters": stored,
         "initialised_parameters": list(getattr(clf, "initialised_parameters_", [])),
+        "parts": {part.name: part.describe(model) for part in getattr(clf, "parts_", [])},
     }
     # fails before anything is written if a setting is not JSON
     text = json.dumps(config, indent=2, default=_json_default, allow_nan=False)
@@ -342,7 +344,9 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     stored = config.get("stored_parameters", config["trained_parameters"])
     clf.model_ = clf._build(template, verbalizer, copy_model=bool(stored) and not isinstance(model, (str, os.PathLike)),
                             covered=frozenset(stored))
-    got = fingerprint(clf.model_, exclude=clf.initialised_parameters_)
+    for part in clf.parts_:
+        part.after_training(clf.model_)  # the save holds the folded form (the prefix without its MLP)
+    got = clf._fingerprint()
     for key, what in (("config_sha256", "config"), ("vocab_sha256", "vocabulary")):
         if got[key] != saved_base[key]:
             raise ValueError(
@@ -377,6 +381,7 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     clf.classes_ = classes_array(verbalizer)
     clf.base_fingerprint_ = got
     clf.trained_parameters_ = list(config["trained_parameters"])
+    clf._count_trainable()
     clf.history_ = []
     clf.best_epoch_ = clf.best_dev_accuracy_ = None
     if "calibration" in overrides:  # asked for at load time: computed for the setting given

@@ -13,6 +13,10 @@ A template is plain text with slots::
 ``[SOFT]``, ``[SOFT*n]``, ``[SOFT:words]``
     one, ``n``, or ``len(tokens(words))`` learnable embeddings; ``[SOFT:words]`` starts from
     the embeddings of ``words``.
+``soft_init`` (a template option) starts the ``[SOFT]`` and ``[SOFT*n]`` slots (Lester et al. 2021
+compare these): ``"vocab"`` (the default) from the embeddings of sampled vocabulary tokens, ``"uniform"``
+at random (uniform, with the embedding table's spread), ``"label-words"`` from the class label words'
+embeddings (then sampled tokens once they are used up). ``[SOFT:words]`` always starts from its words.
 ``[SEP]``
     where the second segment of a sentence pair starts. Without it, a template with two or
     more fields starts the second segment at its second field.
@@ -28,7 +32,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-__all__ = ["Template", "TemplateError", "PromptEncoderType"]
+__all__ = ["Template", "TemplateError", "PromptEncoderType", "SoftInit"]
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SOFT_COUNT = re.compile(r"SOFT\*(\d+)\Z")
@@ -48,6 +52,14 @@ class PromptEncoderType(str, Enum):
     NONE = "none"
     LSTM = "lstm"
     MLP = "mlp"
+
+
+class SoftInit(str, Enum):
+    """Where ``[SOFT]`` and ``[SOFT*n]`` slots start (``[SOFT:words]`` starts from its words)."""
+
+    VOCAB = "vocab"  # embeddings of sampled ordinary vocabulary tokens
+    UNIFORM = "uniform"  # uniform at random, with the embedding table's standard deviation
+    LABEL_WORDS = "label-words"  # the class label words' embeddings, then sampled tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +203,8 @@ class Template:
         'Great food! It was <mask>.'
     """
 
-    def __init__(self, template: str, prompt_encoder: str | PromptEncoderType = "none") -> None:
+    def __init__(self, template: str, prompt_encoder: str | PromptEncoderType = "none",
+                 soft_init: str | SoftInit = "vocab") -> None:
         if not isinstance(template, str):
             raise TypeError(f"a template is a string, got {type(template).__name__}: {template!r}")
         try:
@@ -199,6 +212,11 @@ class Template:
         except ValueError:
             choices = ", ".join(repr(e.value) for e in PromptEncoderType)
             raise ValueError(f"prompt_encoder={prompt_encoder!r} is not one of {choices}") from None
+        try:
+            self.soft_init = SoftInit(soft_init or "vocab")
+        except ValueError:
+            choices = ", ".join(repr(e.value) for e in SoftInit)
+            raise ValueError(f"soft_init={soft_init!r} is not one of {choices}") from None
         self.source = template
         where: dict[str, list[int]] = {}
         segments = _parse(template, where)
@@ -222,6 +240,11 @@ class Template:
             raise _error(
                 template, 0, f"prompt_encoder={self.prompt_encoder.value!r} re-parameterises soft tokens, but the "
                 "template has none: add [SOFT] slots or use prompt_encoder='none'"
+            )
+        if self.soft_init != SoftInit.VOCAB and not any(isinstance(p, Soft) and p.init is None for p in parts):
+            raise _error(
+                template, 0, f"soft_init={self.soft_init.value!r} starts [SOFT] and [SOFT*n] slots, but the template "
+                "has none ([SOFT:words] starts from its words): add such a slot or leave soft_init='vocab'"
             )
         if len(segments) == 2:  # spaces at the segment boundary would become stray tokens for BPE tokenizers
             segments = [_strip_edge(segments[0], end=True), _strip_edge(segments[1], end=False)]
@@ -284,14 +307,15 @@ class Template:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {"template": self.source, "prompt_encoder": self.prompt_encoder.value}
+        return {"template": self.source, "prompt_encoder": self.prompt_encoder.value, "soft_init": self.soft_init.value}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Template:
         data = dict(data)
         if "template" not in data:
             raise ValueError(f"a template dict needs the key 'template', got keys {sorted(data)}")
-        return cls(data.pop("template"), prompt_encoder=data.pop("prompt_encoder", "none"))
+        return cls(data.pop("template"), prompt_encoder=data.pop("prompt_encoder", "none"),
+                   soft_init=data.pop("soft_init", "vocab"))
 
     @classmethod
     def coerce(cls, template: Template | str | Mapping[str, Any]) -> Template:
@@ -307,10 +331,11 @@ class Template:
         return isinstance(other, Template) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self.source, self.prompt_encoder))
+        return hash((self.source, self.prompt_encoder, self.soft_init))
 
     def __repr__(self) -> str:
         extra = f", prompt_encoder={self.prompt_encoder.value!r}" if self.prompt_encoder != PromptEncoderType.NONE else ""
+        extra += f", soft_init={self.soft_init.value!r}" if self.soft_init != SoftInit.VOCAB else ""
         return f"Template({self.source!r}{extra})"
 
 

@@ -1,11 +1,9 @@
-"""Few-shot training: one loop for every ``train_mode``, with callbacks.
+"""Few-shot training: one loop over the parameters of the parts ``train_mode`` names, with callbacks.
 
-``head``         the MLM head only (transform, layer norm, output bias); the output matrix stays
-                 tied to the frozen input embeddings. The encoder is frozen and its input fixed,
-                 so the mask rows are computed once and later epochs never run the encoder.
-``prompt``       the soft-token embeddings (and the P-tuning encoder).
-``head+prompt``  both.
-``full``         every model parameter and the prompt (prompt-based fine-tuning, PET / LM-BFF).
+What is trained comes from :mod:`promptcls.parts` (``head``, ``prompt``, ``prefix``, ``lora``, ``ia3``,
+``full`` and their combinations); this loop only sees named parameters and their learning rates.
+A head trained alone on a frozen encoder (``head``) has a fixed input, so the mask rows are
+computed once and later epochs never run the encoder.
 
 Loss: cross-entropy over the class scores (multi-token words scored in parallel). Optionally
 PET's auxiliary MLM loss on unlabeled texts: ``alpha * ce + (1 - alpha) * mlm``.
@@ -34,6 +32,7 @@ from .defaults import LEARNING_RATES
 from .encoding import Encoded, length_batches, micro_batches
 from .inputs import to_rows
 from .modeling import PromptModel
+from .parts import Part
 
 if TYPE_CHECKING:
     from .estimator import PromptClassifier
@@ -51,23 +50,51 @@ def head_parameters(model: PromptModel) -> dict[str, torch.nn.Parameter]:
     return model.head_parameters()
 
 
-def trainable_parameters(model: PromptModel, mode: str) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
-    """(model-side, prompt-side) parameters that ``mode`` trains, by name in ``model``."""
-    prompt = {f"soft_prompt.{n}": p for n, p in model.soft_prompt.named_parameters()} if model.soft_prompt else {}
-    if mode in ("prompt", "head+prompt") and not prompt:
-        raise ValueError(
-            f"train_mode={mode!r} trains soft prompt tokens, but template {model.template.source!r} has none: "
-            "add [SOFT] slots, or use train_mode='head' or 'full'"
-        )
-    if mode == "head":
-        return head_parameters(model), {}
-    if mode == "prompt":
-        return {}, prompt
-    if mode == "head+prompt":
-        return head_parameters(model), prompt
-    if mode == "full":
-        return {f"{model.lm_prefix}.{n}": p for n, p in model.lm.named_parameters()}, prompt
-    raise ValueError(f"train_mode={mode!r} does not train")
+def _is_prompt_side(name: str) -> bool:
+    return name.startswith(("soft_prompt.", "kv_prefix."))
+
+
+def trainable_parameters(model: PromptModel, parts: Sequence[Part]) -> tuple[dict[str, torch.nn.Parameter], dict[str, torch.nn.Parameter]]:
+    """(model-side, prompt-side) parameters that ``parts`` train, by name in ``model``.
+
+    Prompt side: the soft prompt and the key/value prefixes (``prompt_learning_rate``); model side:
+    everything else (``learning_rate``).
+    """
+    if not parts:
+        raise ValueError("train_mode='none' does not train")
+    trained = {n: p for part in parts for n, p in part.parameters(model).items()}
+    return ({n: p for n, p in trained.items() if not _is_prompt_side(n)},
+            {n: p for n, p in trained.items() if _is_prompt_side(n)})
+
+
+def learning_rates(mode: str, parts: Sequence[Part], model: PromptModel, lr: float | None, prompt_lr: float | None,
+                   head_lr: float | None) -> dict[str, float]:
+    """The learning rate of every trained parameter, by name.
+
+    The shorthands of earlier versions keep their tuned pairs (``DEFAULT_LEARNING_RATES``); other
+    combinations start each part at its own default. ``learning_rate`` sets every model-side part,
+    ``prompt_learning_rate`` every prompt-side part, ``head_learning_rate`` the head alone.
+    """
+    table = DEFAULT_LEARNING_RATES.get(mode)
+    rates: dict[str, float] = {}
+    model_parts = [p for p in parts if p.side == "model"]
+    main = next((p for p in model_parts if p.name != "head"), model_parts[0] if model_parts else None)
+    for part in parts:
+        for name in part.parameters(model):
+            if _is_prompt_side(name):
+                default = table[1] if table and table[1] is not None else (
+                    part.default_learning_rate if part.side == "prompt" else 3e-3)  # the prompt inside 'full'
+                rates[name] = prompt_lr if prompt_lr is not None else default
+            else:
+                default = table[0] if table and table[0] is not None else part.default_learning_rate
+                rates[name] = lr if lr is not None else default
+                if part.name == "head" and main is not None and main.name != "head" and lr is None:
+                    rates[name] = part.default_learning_rate  # a head beside LoRA: the head's own rate
+    if head_lr is not None:
+        for name in head_parameters(model) if any(p.name in ("head", "full") for p in parts) else ():
+            if name in rates:
+                rates[name] = head_lr
+    return rates
 
 
 def _distributed() -> tuple[int, int]:
@@ -104,20 +131,20 @@ def _label_indices(y: Sequence[Any], classes: Sequence[Any]) -> torch.Tensor:
     return torch.tensor([index[label] for label in y], dtype=torch.long)
 
 
-def _optimizer(model_params, prompt_params, lr: float | None, prompt_lr: float | None, weight_decay: float,
-               head_lr: float | None = None, head_names: frozenset[str] = frozenset()):
-    """AdamW groups: model parameters at ``lr`` (those in ``head_names`` at ``head_lr``), with weight decay
-    except on biases and norms, and the prompt at ``prompt_lr``."""
+def _optimizer(model_params, prompt_params, rates: dict[str, float], weight_decay: float):
+    """AdamW groups, one per learning rate: model parameters with weight decay except on biases and norms,
+    the prompt side (soft prompt, prefixes) without."""
     groups = []
-    for names, rate in ((set(model_params) - head_names, lr), (set(model_params) & head_names, head_lr)):
-        decay = [p for n, p in model_params.items() if n in names and p.ndim > 1]
-        no_decay = [p for n, p in model_params.items() if n in names and p.ndim <= 1]  # biases and norms
+    for rate in dict.fromkeys(rates[n] for n in model_params):
+        decay = [p for n, p in model_params.items() if rates[n] == rate and p.ndim > 1]
+        no_decay = [p for n, p in model_params.items() if rates[n] == rate and p.ndim <= 1]  # biases and norms
         if decay:
             groups.append({"params": decay, "lr": rate, "weight_decay": weight_decay})
         if no_decay:
             groups.append({"params": no_decay, "lr": rate, "weight_decay": 0.0})
-    if prompt_params:
-        groups.append({"params": list(prompt_params.values()), "lr": prompt_lr, "weight_decay": 0.0})
+    for rate in dict.fromkeys(rates[n] for n in prompt_params):
+        groups.append({"params": [p for n, p in prompt_params.items() if rates[n] == rate], "lr": rate,
+                       "weight_decay": 0.0})
     try:
         # the same update as the default (foreach) AdamW, in one kernel per step instead of a dozen
         # elementwise passes over every parameter (CPU timings: benchmarks/optimizer_speed.md)
@@ -180,14 +207,13 @@ def train(
     model: PromptModel = clf.model_
     from .estimator import TrainingDiverged
 
-    mode = clf.train_mode_.value
+    mode = clf.train_mode_
+    train_parts = clf.parts_
     seed = clf.random_state_  # the caller seeded torch's generators (dropout) and restores them after
     generator = torch.Generator().manual_seed(seed)
 
-    default_lr, default_prompt_lr = DEFAULT_LEARNING_RATES[mode]
-    lr = clf.learning_rate if clf.learning_rate is not None else default_lr
-    prompt_lr = clf.prompt_learning_rate if clf.prompt_learning_rate is not None else default_prompt_lr
-    model_params, prompt_params = trainable_parameters(model, mode)
+    model_params, prompt_params = trainable_parameters(model, train_parts)
+    rates = learning_rates(mode, train_parts, model, clf.learning_rate, clf.prompt_learning_rate, clf.head_learning_rate)
     trained = {**model_params, **prompt_params}
     for p in model.parameters():
         p.requires_grad_(False)
@@ -214,9 +240,7 @@ def train(
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / accumulation)
     total_steps = clf.max_steps if clf.max_steps is not None else steps_per_epoch * clf.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
-    head_lr = clf.head_learning_rate
-    head_names = frozenset(head_parameters(model)) & set(model_params) if head_lr is not None else frozenset()
-    optimizer = _optimizer(model_params, prompt_params, lr, prompt_lr, clf.weight_decay, head_lr, head_names)
+    optimizer = _optimizer(model_params, prompt_params, rates, clf.weight_decay)
     scheduler = _linear_schedule(optimizer, int(clf.warmup_ratio * total_steps), total_steps)
 
     device_type = model.device.type
@@ -233,7 +257,7 @@ def train(
         eval_y = np.asarray(list(eval_set[1]))
         if len(eval_rows) != len(eval_y):
             raise ValueError(f"eval_set has {len(eval_rows)} rows but {len(eval_y)} labels")
-    if mode == "head" and getattr(model, "split_head", False):
+    if all(part.keeps_encoder for part in train_parts) and getattr(model, "split_head", False):
         model.eval()  # frozen encoder, fixed input: deterministic mask rows
         cache = _HeadCache(model, encoded, clf.batch_size)
         # the dev set's mask rows are fixed too; iterative decoding of multi-token words needs the encoder
@@ -349,5 +373,7 @@ def train(
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    clf.trained_parameters_ = sorted(trained)
+    for part in train_parts:
+        part.after_training(model)  # e.g. the prefix MLP folded into the prefixes
+    clf.trained_parameters_ = sorted(n for part in train_parts for n in part.parameters(model))
     return history

@@ -248,7 +248,7 @@ def test_full_mode_moves_everything_and_leaves_the_callers_model(causal_models):
 
 def test_head_mode_needs_a_head_of_its_own(causal_models):
     gpt2, tokenizer = causal_models["gpt2"]  # tied output layer
-    with pytest.raises(ValueError, match="GPT2LMHeadModel has no head of its own to train.*train_mode='prompt'"):
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has no head of its own to train.*'prompt' \\(soft tokens\\), 'prefix', 'lora'"):
         trained(gpt2, tokenizer, "head", template="Review: {text} Sentiment: [MASK]")
     llama, tokenizer = causal_models["llama"]  # untied: lm_head is its own
     clf, before = trained(llama, tokenizer, "head", template="Review: {text} Sentiment: [MASK]")

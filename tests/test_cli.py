@@ -184,3 +184,27 @@ def test_catalogue_lists_and_shows(workdir):
     assert shown.returncode == 0 and "{text} It was [MASK]." in shown.stdout and "LM-BFF" in shown.stdout
     as_json = json.loads(run("catalogue", "sst2", "--json").stdout)
     assert as_json["verbalizers"]["labels"] == [0, 1]
+
+
+def test_train_lora_and_prefix_from_the_command_line(workdir):
+    base = ["train", "--model", workdir / "tiny", "--template", "[SOFT*2] {text} It was [MASK].", "--verbalizer",
+            VERBALIZER, "--input", workdir / "reviews.csv", "--column", "text=review", "--epochs", "1"]
+    result = run(*base, "--mode", "lora+prompt", "--lora-rank", "2", "--lora-alpha", "4", "--soft-init", "label-words",
+                 "--output-dir", workdir / "lora")
+    assert result.returncode == 0, result.stderr
+    assert "trained prompt+lora on 6 examples" in result.stderr and "parameters (" in result.stderr
+    config = json.loads((workdir / "lora" / "promptcls_config.json").read_text())
+    assert config["params"]["train_mode"] == "prompt+lora" and config["params"]["lora_rank"] == 2
+    assert config["template"]["soft_init"] == "label-words" and config["parts"]["lora"]["peft"]["r"] == 2
+    assert all(".lora_" in n or n.startswith("soft_prompt.") for n in config["trained_parameters"])
+    result = run("predict", "--saved", workdir / "lora", "--input", workdir / "reviews.csv", "--column", "text=review",
+                 "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = run(*base, "--mode", "prefix", "--prefix-length", "3", "--prefix-hidden-size", "8", "--quiet",
+                 "--output-dir", workdir / "prefix")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((workdir / "prefix" / "promptcls_config.json").read_text())
+    assert config["trained_parameters"] == ["kv_prefix.prefix"] and config["parts"]["prefix"]["shape"][3] == 3
+    result = run(*base, "--mode", "lora+ia3", "--output-dir", workdir / "bad")
+    assert result.returncode == 2 and "does not compose: LoRA and IA3 would adapt the same layers twice" in result.stderr
+    assert not (workdir / "bad").exists()

@@ -64,7 +64,7 @@ def test_label_errors(bert):
         make(bert).fit(TEXTS, ["neg", "neutral", "pos"])
     with pytest.raises(ValueError, match="train_mode='head' trains on labelled data"):
         make(bert, train_mode="head").fit()
-    with pytest.raises(ValueError, match="train_mode='everything' is not one of"):
+    with pytest.raises(ValueError, match="train_mode='everything': 'everything' is not a part"):
         make(bert, train_mode="everything").fit()
 
 

@@ -261,7 +261,7 @@ def test_optimizer_is_fused_and_falls_back_where_the_kernel_is_missing(monkeypat
     from promptcls import training
 
     weight, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3))
-    optimizer = training._optimizer({"w": weight, "b": bias}, {}, 1e-3, None, 0.01)
+    optimizer = training._optimizer({"w": weight, "b": bias}, {}, {"w": 1e-3, "b": 1e-3}, 0.01)
     assert optimizer.defaults["fused"] is True
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]  # no decay on biases and norms
 
@@ -273,7 +273,7 @@ def test_optimizer_is_fused_and_falls_back_where_the_kernel_is_missing(monkeypat
         return plain(groups, **kwargs)
 
     monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
-    optimizer = training._optimizer({"w": weight, "b": bias}, {}, 1e-3, None, 0.01)
+    optimizer = training._optimizer({"w": weight, "b": bias}, {}, {"w": 1e-3, "b": 1e-3}, 0.01)
     assert not optimizer.defaults["fused"]
     weight.grad, bias.grad = torch.ones_like(weight), torch.ones_like(bias)
     optimizer.step()

@@ -253,7 +253,9 @@ class CausalPromptModel(nn.Module):
                              f"max_length={max_length} leaves: use fewer [SOFT] tokens or raise max_length")
         self.encoding = CausalEncoding(template, tokenizer, max_length, answer, soft_counts, self.score_suffix,
                                        self.chat_template)
-        self.soft_prompt = (build_soft_prompt(lm.get_input_embeddings(), tokenizer, template, seed)
+        self.kv_prefix = None  # key/value prefixes at every layer (promptcls.parts.prefix), attached by a part
+        self.soft_prompt = (build_soft_prompt(lm.get_input_embeddings(), tokenizer, template, seed,
+                                              self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
         params = inspect.signature(lm.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -284,7 +286,7 @@ class CausalPromptModel(nn.Module):
         if not params:
             raise ValueError(
                 f"{type(self.lm).__name__} has no head of its own to train: its output layer is tied to the input "
-                "embeddings; use train_mode='prompt' (soft tokens) or 'full'"
+                "embeddings; train another part: 'prompt' (soft tokens), 'prefix', 'lora', 'ia3' or 'full'"
             )
         return params
 
@@ -311,6 +313,11 @@ class CausalPromptModel(nn.Module):
             inputs["inputs_embeds"] = embeds.index_put((rows, soft_pos), prompt.expand(n, -1, -1))
         else:
             inputs["input_ids"] = ids
+        if self.kv_prefix is not None:  # a pre-filled cache; the prompt's positions still start at 0
+            mask = inputs["attention_mask"]
+            inputs["attention_mask"] = torch.cat([self.kv_prefix.mask_columns(n, mask), mask], 1)  # (B, P + L)
+            inputs[self._cache_arg] = self.kv_prefix.cache(n, self.lm.get_input_embeddings().weight.dtype)
+            inputs["use_cache"] = True
         return inputs, lengths.to(device)
 
     def _logits_at(self, inputs: dict[str, Any], positions: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, Any]:
@@ -335,7 +342,7 @@ class CausalPromptModel(nn.Module):
         cands = self._candidates(encoded)
         inputs, lengths = self._prefix_batch(encoded)
         need_cache = any(len(c) > 1 for row in cands for c in row)
-        extra = {"use_cache": need_cache}
+        extra = {} if "use_cache" in inputs else {"use_cache": need_cache}
         logits, cache = self._logits_at(inputs, (lengths - 1)[:, None], **extra)  # (B, 1, V): the slot's first token
         first_lp = logits[:, 0].float().log_softmax(-1)  # (B, V)
         device = first_lp.device
@@ -398,16 +405,19 @@ class CausalPromptModel(nn.Module):
     def slot_log_probs(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
         """(B, V) log-probabilities of every vocabulary token as the slot's first token."""
         inputs, lengths = self._prefix_batch(encoded)
-        return self._logits_at(inputs, (lengths - 1)[:, None], use_cache=False)[0][:, 0].float().log_softmax(-1)
+        inputs.setdefault("use_cache", False)
+        return self._logits_at(inputs, (lengths - 1)[:, None])[0][:, 0].float().log_softmax(-1)
 
     def auxiliary_loss(self, encoded: Sequence[CausalEncoded], generator: torch.Generator) -> torch.Tensor:
         """PET's auxiliary loss for a causal LM: the language-model loss on the unlabeled prompts."""
         inputs, lengths = self._prefix_batch(encoded)
-        mask = inputs["attention_mask"].bool()
-        ids = torch.zeros_like(inputs["attention_mask"])
+        width = int(lengths.max())
+        mask = torch.arange(width, device=lengths.device)[None] < lengths[:, None]  # (B, L) real tokens
+        ids = torch.zeros(len(encoded), width, dtype=torch.long, device=lengths.device)
         for i, e in enumerate(encoded):
             ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids, device=ids.device)
-        logits = self.lm(**inputs, use_cache=False).logits[:, :-1].float()  # every position is scored here
+        inputs.setdefault("use_cache", False)
+        logits = self.lm(**inputs).logits[:, :-1].float()  # every position is scored here
         targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
         soft = torch.zeros_like(mask)
         for i, e in enumerate(encoded):

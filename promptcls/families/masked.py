@@ -94,7 +94,9 @@ class PromptModel(nn.Module):
         n_mask = self.label_words.max_tokens if self.label_words is not None else 1
         # checks the template against the tokenizer and max_length before any soft-prompt tensor exists
         self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts)
-        self.soft_prompt = (build_soft_prompt(mlm.get_input_embeddings(), tokenizer, template, seed)
+        self.kv_prefix = None  # key/value prefixes at every layer (promptcls.parts.prefix), attached by a part
+        self.soft_prompt = (build_soft_prompt(mlm.get_input_embeddings(), tokenizer, template, seed,
+                                              self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
         self.split_head = self._probe_split()
         if not self.split_head:
@@ -269,6 +271,34 @@ class PromptModel(nn.Module):
             inputs["input_ids"] = batch["input_ids"]
         return inputs
 
+    def _run_base(self, base: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward, with the key/value prefixes when a part attached them.
+
+        A prefix reaches the encoder as a pre-filled cache with a 4-D additive mask over (prefix + prompt)
+        columns; the embeddings stand in a view that ignores the cache's length, so positions start at 0.
+        """
+        if self.kv_prefix is None:
+            return base(*args, **kwargs)
+        from ..parts.prefix import cache_argument
+
+        mask = kwargs["attention_mask"]  # (B, L), 1 = a real token
+        b, length = mask.shape
+        full = torch.cat([self.kv_prefix.mask_columns(b, mask), mask], 1)  # (B, P + L)
+        dtype = self.mlm.get_input_embeddings().weight.dtype
+        additive = (1.0 - full[:, None, None, :].to(dtype)) * torch.finfo(dtype).min  # (B, 1, 1, P + L)
+        kwargs["attention_mask"] = additive.expand(b, 1, length, full.shape[1])
+        kwargs[cache_argument(base)] = self.kv_prefix.cache(b, dtype)
+        embeddings = next(m for m in base.modules() if self.mlm.get_input_embeddings() in m.children())
+        path = module_path(base, embeddings)
+
+        def from_zero(module: nn.Module, *a: Any, **k: Any) -> Any:
+            for name in ("cache_length", "past_key_values_length"):
+                if name in k:
+                    k[name] = 0  # the prefix takes no positions
+            return module(*a, **k)
+
+        return view(base, {path: StandIn(embeddings, from_zero)} if path else {})(*args, **kwargs)
+
     def _with_base(self, call: Callable[..., BaseModelOutput], extra: Mapping[str, Any] | None = None) -> nn.Module:
         """A view of the MLM whose base model answers ``call(base, *args, **kwargs)``."""
         if self._base_path is None:
@@ -278,7 +308,7 @@ class PromptModel(nn.Module):
     def _split_logits(self, inputs: dict[str, torch.Tensor], positions: torch.Tensor,
                       extra: Mapping[str, Any] | None = None) -> torch.Tensor:
         def gather(base: nn.Module, *args: Any, **kwargs: Any) -> BaseModelOutput:
-            out = base(*args, **kwargs)
+            out = self._run_base(base, *args, **kwargs)
             return BaseModelOutput(last_hidden_state=gather_rows(out[0], positions))
 
         return self._with_base(gather, extra)(**inputs).logits  # (B, M, V)
@@ -291,11 +321,13 @@ class PromptModel(nn.Module):
         inputs = self._model_inputs(batch)
         if self.split_head:
             return self._split_logits(inputs, batch["mask_pos"], extra)
+        if self.kv_prefix is not None:
+            return gather_rows(self._with_base(self._run_base, extra)(**inputs).logits, batch["mask_pos"])
         return gather_rows(self.mlm(**inputs).logits, batch["mask_pos"])
 
     def mask_hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, M, H) encoder states at the answer-slot positions (the head's input)."""
-        hidden = self.mlm.base_model(**self._model_inputs(batch))[0]  # (B, L, H)
+        hidden = self._run_base(self.mlm.base_model, **self._model_inputs(batch))[0]  # (B, L, H)
         return gather_rows(hidden, batch["mask_pos"])
 
     def head_logits(self, rows: torch.Tensor, extra: Mapping[str, Any] | None = None) -> torch.Tensor:
