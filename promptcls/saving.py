@@ -294,6 +294,25 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def _replace_parameters(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put new parameters holding ``tensors`` in every slot of ``model``'s tree that holds the named ones.
+
+    Slots, not values: a parameter tied to another (input and output embeddings) stays tied, and the module
+    tree of a structural copy changes while the model it shares its other weights with does not.
+    """
+    named = dict(model.named_parameters())
+    slots: dict[int, list[tuple[torch.nn.Module, str]]] = {}
+    for module in model.modules():
+        for leaf, p in module._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), []).append((module, leaf))
+    for name, value in tensors.items():
+        old = named[name]
+        new = torch.nn.Parameter(value.to(dtype=old.dtype, device=old.device), requires_grad=False)
+        for module, leaf in slots[id(old)]:
+            module._parameters[leaf] = new
+
+
 def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: Any = None, **overrides: Any) -> PromptClassifier:
     import warnings
 
@@ -342,8 +361,9 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
         raise _corrupted(directory / CONFIG_NAME, f"its settings do not load: {e}") from None
     clf._validate()
     stored = config.get("stored_parameters", config["trained_parameters"])
-    clf.model_ = clf._build(template, verbalizer, copy_model=bool(stored) and not isinstance(model, (str, os.PathLike)),
-                            covered=frozenset(stored))
+    # a model passed in is shared, not copied: the saved tensors replace its parameters in this classifier's own
+    # module tree only (below), so several saves loaded onto one model hold its other weights once
+    clf.model_ = clf._build(template, verbalizer, copy_model=False, covered=frozenset(stored))
     for part in clf.parts_:
         part.after_training(clf.model_)  # the save holds the folded form (the prefix without its MLP)
     got = clf._fingerprint()
@@ -369,13 +389,12 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     missing = [n for n in stored if n not in tensors]
     if missing:
         raise _corrupted(weights, f"it lacks trained tensors {missing[:3]}")
-    with torch.no_grad():
-        for name in stored:
-            if name not in named or named[name].shape != tensors[name].shape:
-                raise ValueError(f"{weights}: tensor {name!r} does not fit this model; load it with the model it was trained on")
-            if not bool(torch.isfinite(tensors[name]).all()):
-                raise _corrupted(weights, f"tensor {name!r} holds NaN or infinite values")
-            named[name].copy_(tensors[name])
+    for name in stored:
+        if name not in named or named[name].shape != tensors[name].shape:
+            raise ValueError(f"{weights}: tensor {name!r} does not fit this model; load it with the model it was trained on")
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise _corrupted(weights, f"tensor {name!r} holds NaN or infinite values")
+    _replace_parameters(clf.model_, {name: tensors[name] for name in stored})
     clf.template_ = template
     clf.verbalizer_ = verbalizer
     clf.classes_ = classes_array(verbalizer)

@@ -320,3 +320,30 @@ def test_soft_prompt_starts(bert):
         Template("[SOFT:it was] {text} [MASK].", soft_init="uniform")
     with pytest.raises(ValueError, match="soft_init='zeros' is not one of 'vocab', 'uniform', 'label-words'"):
         Template("[SOFT] {text} [MASK].", soft_init="zeros")
+
+
+# ---------------------------------------------------------------------- many saves, one base model
+def test_saves_loaded_onto_one_model_hold_its_weights_once(bert, tmp_path):
+    model, tokenizer = bert
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    saved, expected = [], []
+    for mode, template in (("head", "{text} It was [MASK]."), ("prompt", "[SOFT*2] {text} It was [MASK]."),
+                           ("lora", "{text} It was [MASK]."), ("prefix", "{text} It was [MASK]."),
+                           ("full", "{text} It was [MASK].")):
+        clf = fit(model, tokenizer, template, mode, learning_rate=1e-2, prompt_learning_rate=1e-2)
+        clf.save_pretrained(tmp_path / mode)
+        saved.append(tmp_path / mode)
+        expected.append(clf.decision_function(X))
+    loaded = [PromptClassifier.from_pretrained(d, model=model, tokenizer=tokenizer) for d in saved]
+    for clf, scores in zip(loaded, expected):
+        np.testing.assert_array_equal(clf.decision_function(X), scores)
+    storage = {}
+    for clf in loaded:
+        for p in clf.model_.parameters():
+            storage[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+    base = sum(p.untyped_storage().nbytes() for p in {p.untyped_storage().data_ptr(): p for p in model.parameters()}.values())
+    own = sum(t.numel() * 4 for d in saved for n, t in load_file(d / "trained.safetensors").items() if n != "calibration")
+    assert sum(storage.values()) == base + own  # the base weights once, plus each save's own tensors
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    full = loaded[-1].model_.lm  # a full save keeps its output layer tied to its own input embeddings
+    assert full.get_output_embeddings().weight is full.get_input_embeddings().weight

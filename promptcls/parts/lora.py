@@ -58,6 +58,8 @@ def merge_adapters(lm: nn.Module) -> int:
     """Fold every LoRA update into its layer's weight; returns how many layers were merged."""
     layers = [m for m in _adapter_layers(lm) if not m.merged]
     for m in layers:
+        base = m.get_base_layer()  # its own weight first: the base model may be shared with other classifiers
+        base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=False)
         m.merge()
     return len(layers)
 
