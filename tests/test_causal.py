@@ -170,25 +170,34 @@ def test_fields_after_the_slot_warn_without_score_suffix(causal_models, caplog):
 
 
 def test_no_full_vocabulary_tensor_over_the_prompt(causal_models, monkeypatch):
-    """The LM head runs on (B, 1, H) for the first token and (N, n - 1, H) for the rest: never (B, L, H)."""
+    """One pass: the LM head runs on (B, 1 + candidate tokens, H), never on (B, L, H). The shared-cache path:
+    (B, 1, H) for the first token and (N, n - 1, H) for the rest."""
     model, tokenizer = causal_models["qwen2"]
     clf = clf_for(model, tokenizer, "Review: {text} Sentiment: [MASK]", MULTI)
     head = clf.model_.lm.get_output_embeddings()
     shapes = []
     handle = head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
     try:
-        clf.decision_function(TEXTS[:2])
+        one_pass = clf.decision_function(TEXTS[:2])
+        appended = sum(len(ids) - 1 for ids in clf.model_.label_words.token_ids)
+        assert clf.model_.one_pass and shapes == [(2, 1 + appended, len(tokenizer))], shapes
+        shapes.clear()
+        clf.model_.one_pass = False
+        shared = clf.decision_function(TEXTS[:2])
     finally:
         handle.remove()
     widest = max(len(ids) for ids in clf.model_.label_words.token_ids)
     assert shapes[0][1] == 1 and all(s[1] <= widest - 1 for s in shapes[1:]), shapes
+    np.testing.assert_allclose(shared, one_pass, atol=1e-5, rtol=0)
 
 
 def test_fallback_without_a_shared_cache_gives_the_same_scores(causal_models):
     model, tokenizer = causal_models["llama"]
     clf = clf_for(model, tokenizer, "Review: {text} Sentiment: [MASK]", MULTI)
     expected = clf.decision_function(TEXTS)
-    clf.model_.shares_cache = False
+    clf.model_.one_pass = False  # the prompt's cache expanded per candidate
+    np.testing.assert_allclose(clf.decision_function(TEXTS), expected, atol=1e-5, rtol=1e-5)
+    clf.model_.shares_cache = False  # one full forward per candidate
     np.testing.assert_allclose(clf.decision_function(TEXTS), expected, atol=1e-5, rtol=1e-5)
 
 

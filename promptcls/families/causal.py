@@ -2,10 +2,12 @@
 
     row -> template: text before the slot (the prompt), the slot, text after it
         -> prompt ids (the tokenizer's BOS where it adds one; soft tokens spliced in as embeddings)
-        -> ONE forward of the prompts, right-padded, with a key/value cache
-           the LM head on each prompt's last real position only -> (B, V): every word's first token
-        -> words of n > 1 tokens: the cache is expanded to one row per (prompt, word) and only the
-           words' tokens run through the model, teacher forced -> their other n - 1 token log-probs
+        -> ONE forward per batch: each prompt, right-padded, then the first n - 1 tokens of every
+           candidate word appended after it, under a 4-D attention mask that lets each candidate
+           token see the prompt and its own word's earlier tokens only (a tree of continuations,
+           positions continuing the prompt's); the prompt runs once and is shared by every candidate
+        -> the LM head only at the prompt's last position (every word's first token) and at the
+           candidate tokens (each word's next token), teacher forced
         -> log P(word | prompt) = the sum of its token log-probs -> class scores (B, C)
 
 The continuation is tokenized apart from the prompt, as evaluation harnesses do: the spaces before
@@ -18,8 +20,10 @@ text after the slot, so a template whose fields follow the slot gets a warning.
 Batches are right-padded with explicit position ids, so a batch scores as its prompts one at a time,
 whatever the tokenizer's padding side. The LM head runs only where a next token is scored
 (transformers' ``logits_to_keep`` with per-row positions): no (B, L, V) tensor is made. A probe on a
-tiny input checks the cached path against plain full-sequence logits; a model that cannot share its
-cache this way is scored one full forward per (prompt, word) instead, logged once.
+tiny input checks the one-pass path against plain full-sequence logits. A model that does not take a
+4-D mask is scored as before: the prompt's key/value cache expanded to one row per (prompt, word) and
+only the words' tokens run; a model that cannot share its cache either, one full forward per
+(prompt, word), logged once.
 """
 
 from __future__ import annotations
@@ -262,6 +266,7 @@ class CausalPromptModel(nn.Module):
         self._takes_positions = "position_ids" in params
         self._keep_rows = "logits_to_keep" in params
         self.shares_cache = True
+        self.one_pass = True  # candidates appended under a 4-D mask; False: the shared key/value cache
         self._probe()
 
     def _word_ids(self, word: str, separator: str) -> list[int]:
@@ -340,6 +345,8 @@ class CausalPromptModel(nn.Module):
         if not self.shares_cache:
             return self._word_scores_full(encoded)
         cands = self._candidates(encoded)
+        if self.one_pass and any(len(c) > 1 for row in cands for c in row):  # one-token words need no appended tokens
+            return self._word_scores_one_pass(encoded)
         inputs, lengths = self._prefix_batch(encoded)
         need_cache = any(len(c) > 1 for row in cands for c in row)
         extra = {} if "use_cache" in inputs else {"use_cache": need_cache}
@@ -372,6 +379,59 @@ class CausalPromptModel(nn.Module):
         lp = self._logits_at(step, keep)[0].float().log_softmax(-1)  # (N, n - 1, V)
         rest = lp.gather(2, targets[..., None])[..., 0].masked_fill(~valid, 0.0).sum(1)  # (N,)
         return scores.index_put((rows, cols), rest, accumulate=True)
+
+    def _word_scores_one_pass(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
+        """(B, W) word scores in one forward: the candidates' tokens appended after each prompt, 4-D masked."""
+        cands = self._candidates(encoded)  # per prompt, per word: its tokens
+        lengths = [len(e.input_ids) for e in encoded]
+        n, width = len(encoded), max(lengths)
+        appended = [[(w, t) for w, c in enumerate(row) for t in range(len(c) - 1)] for row in cands]
+        extra = max(len(a) for a in appended)
+        total = width + extra
+        ids = torch.zeros(n, total, dtype=torch.long)
+        positions = torch.zeros(n, total, dtype=torch.long)
+        allowed = torch.eye(total, dtype=torch.bool).repeat(n, 1, 1)  # padding rows see themselves: no empty row
+        keep = torch.zeros(n, 1 + extra, dtype=torch.long)  # where the head runs: the slot, then each candidate token
+        for b, (e, row) in enumerate(zip(encoded, cands)):
+            length = lengths[b]
+            ids[b, :length] = torch.tensor(e.input_ids)
+            positions[b, :width] = torch.arange(width)
+            allowed[b, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
+            keep[b] = length - 1
+            start: dict[int, int] = {}
+            for k, (w, t) in enumerate(appended[b]):
+                col = width + k
+                start.setdefault(w, col)
+                ids[b, col] = row[w][t]
+                positions[b, col] = length + t
+                allowed[b, col, :length] = True
+                allowed[b, col, start[w]:col + 1] = True  # its own word's tokens so far
+                keep[b, 1 + k] = col
+        device = self.device
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        encoded_ids = [CausalEncoded(ids[b].tolist(), e.soft_pos, []) for b, e in enumerate(encoded)]
+        inputs, _ = self._prefix_batch(encoded_ids)  # soft prompt and key/value prefix as for the prompt alone
+        mask = torch.zeros(n, 1, total, total, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+        if self.kv_prefix is not None:
+            seen = inputs["attention_mask"][:, : self.kv_prefix.length].to(dtype)  # (B, P): 1 visible, 0 hidden
+            columns = ((1 - seen) * torch.finfo(dtype).min)[:, None, None, :].expand(n, 1, total, -1)
+            mask = torch.cat([columns.cpu(), mask], -1)
+        inputs["attention_mask"] = mask.to(device)
+        if self._takes_positions:
+            inputs["position_ids"] = positions.to(device)
+        inputs.setdefault("use_cache", False)
+        lp = self._logits_at(inputs, keep.to(device))[0].float().log_softmax(-1)  # (B, 1 + extra, V)
+        scores = torch.zeros(n, len(cands[0]), device=device)
+        rows, slots, targets = [], [], []
+        for b, row in enumerate(cands):
+            index = {wt: 1 + k for k, wt in enumerate(appended[b])}
+            for w, c in enumerate(row):
+                for t, token in enumerate(c):
+                    rows.append(b * len(row) + w)
+                    slots.append(b * (1 + extra) + (0 if t == 0 else index[(w, t - 1)]))
+                    targets.append(token)
+        flat = lp.reshape(n * (1 + extra), -1)[torch.tensor(slots, device=device), torch.tensor(targets, device=device)]
+        return scores.reshape(-1).index_add(0, torch.tensor(rows, device=device), flat).view(n, -1)
 
     def _word_scores_full(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
         """The same scores with one full forward per (prompt, word): for models that cannot share a cache."""
@@ -442,12 +502,12 @@ class CausalPromptModel(nn.Module):
             self.soft_prompt = None
             try:
                 reference = torch.tensor([[self._plain_score(p, w) for w in words] for p in prompts])
-                try:
-                    cached = self.word_scores(encoded).cpu()
-                    ok = torch.allclose(cached, reference, atol=1e-4, rtol=1e-4)
-                except Exception as e:  # a model whose cache cannot be reused this way
-                    logger.debug("cache-sharing probe failed: %r", e)
-                    ok = False
+                ok = self._agrees(encoded, reference)
+                if not ok:
+                    self.one_pass = False  # a model that does not take a 4-D mask: share the prompt's cache
+                    logger.debug("%s: one-pass scoring disagrees with plain logits; sharing the key/value cache",
+                                 type(self.lm).__name__)
+                    ok = self._agrees(encoded, reference)
                 if not ok:
                     self.shares_cache = False
                     logger.warning("%s cannot share its prompt's key/value cache between candidate words here: each "
@@ -458,6 +518,13 @@ class CausalPromptModel(nn.Module):
                 self.label_words, self.soft_prompt = saved
         finally:
             self.lm.train(was_training)
+
+    def _agrees(self, encoded: list[CausalEncoded], reference: torch.Tensor) -> bool:
+        try:
+            return bool(torch.allclose(self.word_scores(encoded).cpu(), reference, atol=1e-4, rtol=1e-4))
+        except Exception as e:  # a model whose forward cannot be used this way
+            logger.debug("scoring probe failed: %r", e)
+            return False
 
     def _plain_score(self, prompt: list[int], word: list[int]) -> float:
         ids = torch.tensor([prompt + word], device=self.device)
