@@ -539,7 +539,9 @@ def cmd_train(args) -> None:
         _check_columns(dev_X, prompt.template.fields, prompt.columns, args.dev)
         fit_args["eval_set"] = (_apply(prompt, dev_X), dev_y)
     extra: dict[str, Any] = {"epochs": args.epochs, "random_state": args.seed, "train_batch_size": args.train_batch_size,
-                             **_part_settings(args)}
+                             "sampling": args.sampling, **_part_settings(args)}
+    if args.class_weight is not None:
+        extra["class_weight"] = args.class_weight
     for name in ("learning_rate", "prompt_learning_rate", "head_learning_rate"):
         if getattr(args, name) is not None:
             extra[name] = getattr(args, name)
@@ -874,6 +876,18 @@ def _add_io_options(p: argparse.ArgumentParser, labels: bool) -> None:
         g.add_argument("--label-column", default="label", help="the column of class labels")
 
 
+def _class_weight(value: str) -> Any:
+    if value == "balanced":
+        return value
+    try:
+        weights = json.loads(value)
+    except json.JSONDecodeError:
+        weights = None
+    if not isinstance(weights, dict):
+        raise argparse.ArgumentTypeError(f'{value!r} is neither balanced nor a JSON object {{"class": weight}}')
+    return weights
+
+
 def _add_part_options(g) -> None:
     g.add_argument("--prefix-length", type=int, default=16, help="--mode prefix: key/value pairs per layer")
     g.add_argument("--prefix-hidden-size", type=int,
@@ -939,6 +953,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the MLM head's own rate, for full mode on a model whose checkpoint has no MLM head "
                         "(default: --learning-rate)")
     g.add_argument("--train-batch-size", type=int, default=TRAIN_BATCH_SIZE, help="examples per training step")
+    g.add_argument("--class-weight", type=_class_weight, metavar="balanced|JSON",
+                   help='class weights in the loss: balanced (n / (C * n_class)) or JSON {"class": weight}')
+    g.add_argument("--sampling", choices=["shuffle", "balanced"], default="shuffle",
+                   help="each epoch: a shuffle of the examples, or draws with every class equally likely")
     g.add_argument("--seed", type=int, default=0, help="random seed (weights, order, dropout)")
     g.add_argument("--dev", help="a labelled dev file: keep the epoch with the best dev accuracy "
                                  "(default: none, keep the last epoch)")

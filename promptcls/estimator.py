@@ -234,6 +234,13 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     early_stopping_patience : int, optional
         With an ``eval_set``: stop once the dev accuracy has not improved for this many
         epochs (the best epoch is kept either way). ``None`` trains every epoch.
+    class_weight : "balanced", dict or None
+        Weights of the classes in the loss, ``(1 / N) * sum_i w[y_i] * CE_i`` over a batch of N:
+        ``"balanced"`` gives ``w[c] = n / (C * n_c)`` from the training labels (sklearn's rule), a dict
+        gives them by class (missing classes weigh 1).
+    sampling : {"shuffle", "balanced"}
+        How each epoch draws its examples: a shuffle of all of them, or (``"balanced"``) as many draws
+        with replacement, each class equally likely.
 
     Causal LMs (:mod:`promptcls.families.causal`):
 
@@ -281,6 +288,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         mlm_loss_weight: float | None = None,
         callbacks: Sequence[Any] | None = None,
         early_stopping_patience: int | None = None,
+        class_weight: str | Mapping[Any, float] | None = None,
+        sampling: str = "shuffle",
         family: str = "auto",
         gguf_file: str | None = None,
         score_suffix: bool = False,
@@ -319,6 +328,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.mlm_loss_weight = mlm_loss_weight
         self.callbacks = callbacks
         self.early_stopping_patience = early_stopping_patience
+        self.class_weight = class_weight
+        self.sampling = sampling
         self.family = family
         self.gguf_file = gguf_file
         self.score_suffix = score_suffix
@@ -337,6 +348,13 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if self.verbalizer is None:
             raise ValueError('verbalizer is required: label words per class, e.g. {"neg": ["bad"], "pos": ["good"]}')
         parse_train_mode(self.train_mode)
+        if self.sampling not in ("shuffle", "balanced"):
+            raise ValueError(f"sampling={self.sampling!r} is not one of 'shuffle', 'balanced'")
+        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, Mapping)):
+            raise ValueError(f"class_weight must be 'balanced', a dict of class -> weight or None, got {self.class_weight!r}")
+        if isinstance(self.class_weight, Mapping):
+            for c, w in self.class_weight.items():
+                _number(f"class_weight[{c!r}]", w, 0.0)
         _integer("prefix_length", self.prefix_length, 1)
         _integer("prefix_hidden_size", self.prefix_hidden_size, 1, optional=True)
         _integer("lora_rank", self.lora_rank, 1)

@@ -182,10 +182,32 @@ class _HeadCache:
         return model.relative_class_scores(rows={n: rows[idx] for n, rows in self.rows.items()})
 
 
-def _loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Cross-entropy on class indices, or PET's distillation loss on class distributions."""
+def _class_weights(clf: PromptClassifier, targets: torch.Tensor) -> torch.Tensor | None:
+    """(C,) loss weights per class from ``clf.class_weight``, or None."""
+    spec = clf.class_weight
+    if spec is None:
+        return None
+    if targets.ndim != 1:
+        raise ValueError("class_weight weighs the labels y; with soft_labels leave it None")
+    classes = clf.classes_.tolist()
+    if spec == "balanced":
+        counts = torch.bincount(targets.cpu(), minlength=len(classes)).float()
+        return torch.where(counts > 0, len(targets) / (len(classes) * counts.clamp(min=1)), torch.zeros_like(counts))
+    unknown = [c for c in spec if c not in classes]
+    if unknown:
+        raise ValueError(f"class_weight names class {unknown[0]!r}, which the verbalizer does not have; classes are "
+                         f"{classes}")
+    return torch.tensor([float(spec.get(c, 1.0)) for c in classes])
+
+
+def _loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float,
+          class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on class indices (``mean(w[y] * CE)`` with class weights), or PET's distillation loss."""
     if targets.ndim == 1:
-        return torch.nn.functional.cross_entropy(scores, targets)
+        if class_weights is None:
+            return torch.nn.functional.cross_entropy(scores, targets)
+        ce = torch.nn.functional.cross_entropy(scores, targets, reduction="none")
+        return (class_weights.to(ce.device)[targets] * ce).mean()
     log_q = (scores / temperature).log_softmax(-1)
     return torch.nn.functional.kl_div(log_q, targets, reduction="batchmean") * temperature**2
 
@@ -235,6 +257,13 @@ def train(
     if alpha is not None and unlabeled_encoded is None:
         raise ValueError("mlm_loss_weight is set but fit got no unlabeled texts: fit(X, y, unlabeled=texts)")
 
+    class_weights = _class_weights(clf, targets)
+    sample_weights = None
+    if clf.sampling == "balanced":
+        if targets.ndim != 1:
+            raise ValueError("sampling='balanced' draws by class label: it needs y, not soft_labels")
+        counts = torch.bincount(targets.cpu(), minlength=len(clf.classes_)).float()
+        sample_weights = (1.0 / counts)[targets.cpu()]  # every class equally likely per draw
     batch_size = clf.train_batch_size
     accumulation = clf.gradient_accumulation_steps
     steps_per_epoch = math.ceil(math.ceil(len(encoded) / batch_size) / accumulation)
@@ -278,7 +307,10 @@ def train(
     callbacks: list[Callable[..., Any]] = list(clf.callbacks or [])
     with tqdm(total=total_steps, desc=f"training ({mode})", unit="step", disable=None if show is None else not show) as bar:
         for epoch in range(epochs):
-            order = torch.randperm(len(encoded), generator=generator)
+            if sample_weights is None:
+                order = torch.randperm(len(encoded), generator=generator)
+            else:
+                order = torch.multinomial(sample_weights, len(encoded), replacement=True, generator=generator)
             losses = []
             optimizer.zero_grad(set_to_none=True)
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -302,7 +334,7 @@ def train(
                                 scores = cache.class_scores(model, part.to(model.device))
                             else:
                                 scores = model.relative_class_scores([encoded[i] for i in part.tolist()])
-                            loss = _loss(scores.float(), targets[part.to(targets.device)], temperature)
+                            loss = _loss(scores.float(), targets[part.to(targets.device)], temperature, class_weights)
                             loss = loss * (weight * len(part) / len(idx))
                         total += loss.item()
                         if not math.isfinite(total) and scaler is None:

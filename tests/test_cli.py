@@ -208,3 +208,14 @@ def test_train_lora_and_prefix_from_the_command_line(workdir):
     result = run(*base, "--mode", "lora+ia3", "--output-dir", workdir / "bad")
     assert result.returncode == 2 and "does not compose: LoRA and IA3 would adapt the same layers twice" in result.stderr
     assert not (workdir / "bad").exists()
+
+
+def test_train_with_class_weights_and_balanced_sampling(workdir):
+    base = ["train", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+            "--input", workdir / "reviews.csv", "--column", "text=review", "--epochs", "1", "--quiet"]
+    result = run(*base, "--class-weight", '{"0": 2.0}', "--sampling", "balanced", "--output-dir", workdir / "weighted")
+    assert result.returncode == 0, result.stderr
+    params = json.loads((workdir / "weighted" / "promptcls_config.json").read_text())["params"]
+    assert params["class_weight"] == {"0": 2.0} and params["sampling"] == "balanced"
+    result = run(*base, "--class-weight", "even", "--output-dir", workdir / "bad-weights")
+    assert result.returncode == 2 and "'even' is neither balanced nor a JSON object" in result.stderr

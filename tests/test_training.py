@@ -359,3 +359,45 @@ def test_head_cache_rows_are_each_prompts_own(trainable_bert, monkeypatch):
         for i, e in enumerate(encoded):
             for n, batch in model.group_batches([e]).items():
                 torch.testing.assert_close(cache.rows[n][i], model.mask_hidden(batch)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_class_weights_change_the_loss_as_the_formula_says(trainable_bert):
+    """Step 1's logged loss is mean_i w[y_i] * CE_i over the whole batch, scores from the untrained head."""
+    X_imb, y_imb = X[:5], Y[:5]  # 4 pos, 1 neg
+    scores = make(trainable_bert, "head", train_mode="none").fit().decision_function(X_imb)
+    ce = -torch.tensor(scores).log_softmax(-1)[torch.arange(5), torch.tensor([1 if v == "pos" else 0 for v in y_imb])]
+    classes = ["neg", "pos"]
+    for weight, w in ((None, {"neg": 1.0, "pos": 1.0}), ("balanced", {"neg": 5 / 2, "pos": 5 / 8}),
+                      ({"neg": 3.0}, {"neg": 3.0, "pos": 1.0})):
+        clf = make(trainable_bert, "head", max_steps=1, train_batch_size=5, class_weight=weight).fit(X_imb, y_imb)
+        assert list(clf.classes_) == classes
+        expected = float(np.mean([w[v] * float(c) for v, c in zip(y_imb, ce)]))
+        assert clf.history_[0]["loss"] == pytest.approx(expected, rel=1e-5), weight
+    with pytest.raises(ValueError, match="class_weight names class 'maybe', which the verbalizer does not have"):
+        make(trainable_bert, "head", max_steps=1, class_weight={"maybe": 2.0}).fit(X_imb, y_imb)
+    with pytest.raises(ValueError, match="class_weight must be 'balanced', a dict"):
+        make(trainable_bert, "head", class_weight="even").fit(X_imb, y_imb)
+    with pytest.raises(ValueError, match=r"class_weight\['neg'\] must be a finite number >= 0"):
+        make(trainable_bert, "head", class_weight={"neg": -1}).fit(X_imb, y_imb)
+
+
+def test_balanced_sampling_draws_each_class_equally(trainable_bert, monkeypatch):
+    from promptcls import training
+
+    drawn = []
+    real = training.torch.multinomial
+
+    def spy(weights, n, **kw):
+        out = real(weights, n, **kw)
+        drawn.append(out.tolist())
+        return out
+
+    monkeypatch.setattr(training.torch, "multinomial", spy)
+    X_imb, y_imb = X[:4] + X[4:5], Y[:4] + Y[4:5]  # 4 pos, 1 neg
+    make(trainable_bert, "head", epochs=40, train_batch_size=5, sampling="balanced").fit(X_imb, y_imb)
+    picks = [i for epoch in drawn for i in epoch]
+    assert len(drawn) == 40 and all(len(e) == 5 for e in drawn)
+    share_neg = sum(i == 4 for i in picks) / len(picks)
+    assert 0.4 < share_neg < 0.6  # one negative example drawn as often as the four positives together
+    with pytest.raises(ValueError, match="sampling='random' is not one of 'shuffle', 'balanced'"):
+        make(trainable_bert, "head", sampling="random").fit(X_imb, y_imb)
