@@ -733,6 +733,55 @@ def cmd_search_words(args) -> None:
         print(text)
 
 
+def _named(values: list[str], what: str, default_name: Any = None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, target = value.partition("=")
+        if not sep:
+            if default_name is None:
+                raise CLIError(f"{what} {value!r} needs a name: NAME={value}")
+            name, target = default_name(value), value
+        if not name or not target:
+            raise CLIError(f"{what} {value!r} must be NAME=VALUE")
+        if name in out:
+            raise CLIError(f"task name {name!r} is given twice: name each task once")
+        out[name] = target
+    return out
+
+
+def cmd_serve(args) -> None:
+    from .saving import CONFIG_NAME
+
+    saved = _named(args.saved, "--saved", lambda d: Path(d).resolve().name)
+    zero = _named(args.zero_shot, "--zero-shot")
+    if set(saved) & set(zero):
+        raise CLIError(f"task name {sorted(set(saved) & set(zero))[0]!r} is given twice: name each task once")
+    if not saved and not zero:
+        raise CLIError("nothing to serve: give --saved DIR or --model M --zero-shot NAME=TASK")
+    for name, directory in saved.items():
+        if not (Path(directory) / CONFIG_NAME).is_file():
+            raise CLIError(f"--saved {directory!r} (task {name!r}) is not a promptcls save: it has no {CONFIG_NAME}")
+    if zero and not args.model:
+        raise CLIError("--zero-shot needs --model (the model the tasks are scored on)")
+    if zero:
+        from .catalogue import list_tasks
+
+        unknown = [t for t in zero.values() if t not in list_tasks()]
+        if unknown:
+            raise CLIError(f"--zero-shot: {unknown[0]!r} is not a catalogue task (see `promptcls catalogue`)")
+    for name, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
+        if value < 1:
+            raise CLIError(f"{name} must be at least 1, got {value}")
+    _quiet_transformers()
+    from .serving import load_tasks, serve
+
+    classifiers = load_tasks(saved, zero, model=args.model, batch_size=args.batch_size, device=args.device)
+    print(f"serving {', '.join(sorted(classifiers))} on http://{args.host}:{args.port} (docs at /docs)",
+          file=sys.stderr)
+    serve(classifiers, host=args.host, port=args.port, max_batch=args.max_batch,
+          max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue)
+
+
 def cmd_catalogue(args) -> None:
     from .catalogue import list_tasks, task_entry
 
@@ -812,6 +861,11 @@ the Python API); --dev keeps the epoch with the best dev accuracy.""",
   promptcls catalogue
   promptcls catalogue rte
   promptcls catalogue snli --json""",
+    "serve": """examples:
+  promptcls serve --saved sentiment=sst2-lora --saved topics=agnews-prefix --port 8000
+  promptcls serve --model smollm2 --zero-shot sentiment=sst2 --zero-shot topic=agnews
+  curl -s localhost:8000/v1/classify -d '{"task": "sentiment", "texts": ["a fine film"]}' \
+       -H 'content-type: application/json'""",
 }
 
 
@@ -1005,6 +1059,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=3, help="words per class")
     p.add_argument("--output", help="write the verbalizer JSON here (default: stdout)")
     p.set_defaults(func=cmd_search_words)
+
+    p = command("serve", "an HTTP server over saved classifiers and zero-shot tasks (FastAPI on uvicorn)")
+    p.add_argument("--saved", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a saved classifier, served as task NAME (default: the folder's name); repeatable")
+    p.add_argument("--zero-shot", action="append", default=[], metavar="NAME=TASK",
+                   help="a catalogue task served zero-shot on --model as task NAME; repeatable")
+    p.add_argument("--model", help="the base model for --zero-shot tasks, and for the saves instead of their own")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--max-batch", type=int, default=64, help="rows gathered into one scoring call at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first request waits for others")
+    p.add_argument("--max-queue", type=int, default=256, help="queued requests before the server answers 503")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_serve)
 
     p = command("catalogue", "list the catalogue's tasks, or show one")
     p.add_argument("task", nargs="?", help="a task to show (default: list them all)")

@@ -219,3 +219,14 @@ def test_train_with_class_weights_and_balanced_sampling(workdir):
     assert params["class_weight"] == {"0": 2.0} and params["sampling"] == "balanced"
     result = run(*base, "--class-weight", "even", "--output-dir", workdir / "bad-weights")
     assert result.returncode == 2 and "'even' is neither balanced nor a JSON object" in result.stderr
+
+
+def test_serve_checks_its_tasks_before_loading(workdir):
+    result = run("serve")
+    assert result.returncode != 0 and "nothing to serve: give --saved DIR" in result.stderr
+    result = run("serve", "--saved", workdir / "nowhere")
+    assert result.returncode != 0 and "is not a promptcls save: it has no promptcls_config.json" in result.stderr
+    result = run("serve", "--zero-shot", "s=sst2")
+    assert result.returncode != 0 and "--zero-shot needs --model" in result.stderr
+    result = run("serve", "--model", workdir / "tiny", "--zero-shot", "s=nosuchtask")
+    assert result.returncode != 0 and "'nosuchtask' is not a catalogue task" in result.stderr
