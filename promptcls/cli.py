@@ -10,6 +10,7 @@ target and renamed into place: an interrupted command leaves no partial file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -94,6 +95,16 @@ def read_table(path: str, fmt: str | None = None, *, no_header: bool = False, na
     error naming its line; ``no_header`` with ``names`` reads a file whose first line is data, and a
     header that looks like data (a label, a number, a sentence) gets a warning.
     """
+    import pandas as pd
+
+    chunks = list(iter_table(path, fmt, no_header=no_header, names=names, classes=classes, command=command))
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def iter_table(path: str, fmt: str | None = None, *, no_header: bool = False, names: Sequence[str] | None = None,
+               classes: Sequence[Any] = (), command: str = "promptcls", chunk_rows: int | None = None):
+    """``read_table`` in DataFrames of at most ``chunk_rows`` rows (None: one frame), read as they are needed:
+    memory stays flat however long the file is. CSV and TSV are checked record by record first."""
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"input file {path!r} does not exist")
@@ -131,12 +142,25 @@ def read_table(path: str, fmt: str | None = None, *, no_header: bool = False, na
                     raise CLIError(f"line {line} of {path!r} has {len(record)} fields but the {what} has "
                                    f"{len(header)}: {hint}")
             sep, quoting = ("\t", csv.QUOTE_NONE) if kind == "tsv" else (",", csv.QUOTE_MINIMAL)
-            return pd.read_csv(p, sep=sep, quoting=quoting, keep_default_na=False, index_col=False, dtype=str,
-                               header=None if no_header else 0, names=list(names) if no_header else None,
-                               encoding="utf-8-sig")
-        if kind in ("jsonl", "ndjson"):
-            return pd.read_json(p, lines=True)
-        return pd.read_parquet(p)
+            frames = pd.read_csv(p, sep=sep, quoting=quoting, keep_default_na=False, index_col=False, dtype=str,
+                                 header=None if no_header else 0, names=list(names) if no_header else None,
+                                 encoding="utf-8-sig", chunksize=chunk_rows)
+        elif kind in ("jsonl", "ndjson"):
+            frames = pd.read_json(p, lines=True, chunksize=chunk_rows)
+        else:
+            import pyarrow.parquet as pq
+
+            file = pq.ParquetFile(p)
+            frames = (b.to_pandas() for b in file.iter_batches(batch_size=chunk_rows)) if chunk_rows else \
+                [file.read().to_pandas()]
+        if chunk_rows is None or isinstance(frames, pd.DataFrame):
+            frames = [frames] if isinstance(frames, pd.DataFrame) else frames
+        empty = True
+        for frame in frames:
+            empty = False
+            yield frame
+        if empty:
+            yield pd.DataFrame(columns=header or [])
     except CLIError:
         raise
     except Exception as e:  # pandas and csv raise many types for unreadable files
@@ -489,23 +513,49 @@ def _zero_shot_or_saved(args, prompt: Prompt):
 
 # ---------------------------------------------------------------------- commands
 def cmd_predict(args) -> None:
+    """Predictions chunk by chunk: memory stays flat as the input grows, and the output is written as it goes
+    (to a temporary file renamed onto ``--output`` only when every row is done)."""
     if args.output:
         _output_kind(args.output)
+    if args.chunk_size < 1:
+        raise CLIError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     prompt = _prompt(args)
-    frame = _read(args, args.input, prompt.classes)
-    _check_columns(frame, prompt.template.fields, prompt.columns, args.input)
+    chunks = iter_table(args.input, args.input_format, no_header=args.no_header, names=_names(args),
+                        classes=prompt.classes, command=args.command, chunk_rows=args.chunk_size)
+    first = next(chunks)  # checked before the model loads
+    _check_columns(first, prompt.template.fields, prompt.columns, args.input)
     clf = _zero_shot_or_saved(args, prompt)
-    import pandas as pd
+    clf.set_params(progress=False)  # one bar, in rows
+    import itertools
 
-    proba = clf.predict_proba(_apply(prompt, frame))
-    out = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)]})
-    for c, label in enumerate(clf.classes_):
-        out[f"prob_{label}"] = proba[:, c]
-    if args.keep_columns:
-        out = pd.concat([frame.reset_index(drop=True), out], axis=1)
-    write_table(out, args.output)
+    import numpy as np
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    kind = _output_kind(args.output) if args.output else "csv"
+    n = 0
+    with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(atomic_path(args.output)) if args.output else None
+        out = stack.enter_context(open(staging, "w", encoding="utf-8", newline="")) if staging else sys.stdout
+        bar = stack.enter_context(tqdm(desc="predicting", unit=" rows", unit_scale=True, disable=args.quiet or None))
+        for i, frame in enumerate(itertools.chain([first], chunks)):
+            if i:
+                _check_columns(frame, prompt.template.fields, prompt.columns, args.input)
+            proba = clf.predict_proba(_apply(prompt, frame)) if len(frame) else np.zeros((0, len(clf.classes_)))
+            result = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)] if len(frame) else []})
+            for c, label in enumerate(clf.classes_):
+                result[f"prob_{label}"] = proba[:, c]
+            if args.keep_columns:
+                result = pd.concat([frame.reset_index(drop=True), result], axis=1)
+            if kind == "csv":
+                result.to_csv(out, index=False, header=i == 0)
+            else:
+                result.to_json(out, orient="records", lines=True, force_ascii=False)  # ends with a newline
+            out.flush()
+            n += len(frame)
+            bar.update(len(frame))
     if args.output:
-        print(f"wrote {len(out)} predictions to {args.output}", file=sys.stderr)
+        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
 
 
 def best_dev_epoch(clf: Any) -> tuple[int, float] | None:
@@ -988,6 +1038,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_options(p, labels=False)
     p.add_argument("--output", help="CSV or JSONL file for predictions and per-class probabilities (default: stdout)")
     p.add_argument("--keep-columns", action="store_true", help="copy the input columns into the output")
+    p.add_argument("--chunk-size", type=int, default=1000,
+                   help="rows read, scored and written at a time (memory stays flat as the input grows)")
     p.set_defaults(func=cmd_predict)
 
     p = command("train", "few-shot training; saves the trained classifier")

@@ -4,9 +4,11 @@ files as people have them (no header, ragged lines), honest messages, and no par
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -33,6 +35,8 @@ def workdir(tmp_path_factory, _trainable_bert):
     tokenizer.save_pretrained(root / "headless")
     REVIEWS.to_csv(root / "reviews.csv", index=False)
     REVIEWS.to_csv(root / "headerless.csv", index=False, header=False)
+    REVIEWS.to_json(root / "reviews.jsonl", orient="records", lines=True)
+    REVIEWS.to_parquet(root / "reviews.parquet", row_group_size=4)
     return root
 
 
@@ -307,20 +311,46 @@ def test_apply_edits_scores_the_edited_text(workdir):
 
 # ---------------------------------------------------------------------- interrupted writes
 def test_an_interrupted_write_leaves_no_output(workdir, monkeypatch, capsys):
+    """Ctrl-C after the first chunk was written: neither the output nor its temporary file is left."""
+    from promptcls import PromptClassifier
+
     target = workdir / "interrupted" / "preds.csv"
     target.parent.mkdir()
+    real, calls = PromptClassifier.predict_proba, []
 
-    def write_half(frame, path, kind):
-        path.write_text("prediction,prob_0\n1,0.")  # a partial file, then Ctrl-C
-        raise KeyboardInterrupt
+    def second_chunk_interrupted(self, X):
+        calls.append(len(X))
+        if len(calls) == 2:
+            assert any(p.name.endswith(".part") and p.stat().st_size > 0 for p in target.parent.iterdir())
+            raise KeyboardInterrupt
+        return real(self, X)
 
-    monkeypatch.setattr(cli, "_write_frame", write_half)
+    monkeypatch.setattr(PromptClassifier, "predict_proba", second_chunk_interrupted)
     rc = cli.main(["predict", "--model", str(workdir / "tiny"), "--template", TEMPLATE, "--verbalizer", VERBALIZER,
                    "--input", str(workdir / "reviews.csv"), "--column", "text=review", "--output", str(target),
-                   "--quiet"])
-    assert rc == 130
+                   "--quiet", "--chunk-size", "2"])
+    assert rc == 130 and calls == [2, 2]
     assert capsys.readouterr().err.strip().endswith("promptcls predict: interrupted: no output written")
     assert list(target.parent.iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_predict_streams_chunks_into_one_output(workdir):
+    import pandas as pd
+
+    from promptcls import PromptClassifier
+
+    for suffix in ("csv", "jsonl", "parquet"):
+        out = workdir / f"chunked-{suffix}.jsonl"
+        rc = cli.main(["predict", "--model", str(workdir / "tiny"), "--template", TEMPLATE, "--verbalizer", VERBALIZER,
+                       "--input", str(workdir / f"reviews.{suffix}"), "--column", "text=review", "--output", str(out),
+                       "--quiet", "--chunk-size", "4", "--keep-columns"])
+        assert rc == 0
+        rows = pd.read_json(out, lines=True)
+        whole = pd.read_csv(workdir / "reviews.csv")
+        assert rows["review"].tolist() == whole["review"].tolist()
+        clf = PromptClassifier(str(workdir / "tiny"), TEMPLATE, json.loads(VERBALIZER), columns={"text": "review"}).fit()
+        np.testing.assert_allclose(rows[[c for c in rows if c.startswith("prob_")]].to_numpy(),
+                                   clf.predict_proba(whole), atol=1e-6)
 
 
 def test_an_earlier_output_survives_an_interrupted_rewrite(tmp_path):
