@@ -153,8 +153,8 @@ def iter_table(path: str, fmt: str | None = None, *, no_header: bool = False, na
             file = pq.ParquetFile(p)
             frames = (b.to_pandas() for b in file.iter_batches(batch_size=chunk_rows)) if chunk_rows else \
                 [file.read().to_pandas()]
-        if chunk_rows is None or isinstance(frames, pd.DataFrame):
-            frames = [frames] if isinstance(frames, pd.DataFrame) else frames
+        if isinstance(frames, pd.DataFrame):  # chunk_rows None: pandas reads the whole file at once
+            frames = [frames]
         empty = True
         for frame in frames:
             empty = False

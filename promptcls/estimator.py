@@ -185,7 +185,6 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
     lora_target_modules : list of str or str, optional
         ``lora`` / ``ia3``: the layers to adapt, in ``peft``'s forms; None: every linear layer in the
         model's blocks.
-        What ``fit`` trains. ``"none"`` is zero-shot.
     columns : dict, optional
         Template field -> column name, for DataFrames, dicts and datasets.
     max_length : int, optional

@@ -152,27 +152,28 @@ def load_tasks(saved: Mapping[str, str], zero_shot: Mapping[str, str] | None = N
     on ``model``). Saves of one base model share one loaded copy of it."""
     from .catalogue import load_template, load_verbalizer
     from .estimator import PromptClassifier
+    from .families import detect_family
     from .loading import load_model
     from .saving import read_config
 
     loaded: dict[str, tuple[Any, Any]] = {}
+
+    def shared(base: Any) -> tuple[Any, Any]:
+        """(model, tokenizer): a name or path loaded once for every task on it; a loaded model as given."""
+        if not isinstance(base, str):
+            return base, None
+        if base not in loaded:
+            loaded[base] = load_model(base)
+        return loaded[base]
+
     out: dict[str, Any] = {}
     for name, directory in saved.items():
-        base = model or read_config(directory)["base_model"].get("name_or_path")
-        key = str(base)
-        if isinstance(base, str) and key not in loaded:
-            loaded[key] = load_model(base)
-        lm, tok = loaded[key] if isinstance(base, str) else (base, None)
+        lm, tok = shared(model or read_config(directory)["base_model"].get("name_or_path"))
         out[name] = PromptClassifier.from_pretrained(directory, model=lm, tokenizer=tok, progress=False, **settings)
+    if zero_shot and model is None:
+        raise ValueError(f"zero-shot tasks {sorted(zero_shot)} need a model")
     for name, task in (zero_shot or {}).items():
-        if model is None:
-            raise ValueError(f"zero-shot task {name!r} needs a model")
-        key = str(model)
-        if isinstance(model, str) and key not in loaded:
-            loaded[key] = load_model(model)
-        lm, tok = loaded[key] if isinstance(model, str) else (model, None)
-        from .families import detect_family
-
+        lm, tok = shared(model)
         family = "causal" if detect_family(lm) == "causal" else None
         out[name] = PromptClassifier(lm, load_template(task, family=family), load_verbalizer(task, family=family),
                                      tokenizer=tok, progress=False, **settings).fit()

@@ -77,8 +77,7 @@ def learning_rates(mode: str, parts: Sequence[Part], model: PromptModel, lr: flo
     """
     table = DEFAULT_LEARNING_RATES.get(mode)
     rates: dict[str, float] = {}
-    model_parts = [p for p in parts if p.side == "model"]
-    main = next((p for p in model_parts if p.name != "head"), model_parts[0] if model_parts else None)
+    beside_head = any(p.side == "model" and p.name != "head" for p in parts)  # e.g. head+lora
     for part in parts:
         for name in part.parameters(model):
             if _is_prompt_side(name):
@@ -88,7 +87,7 @@ def learning_rates(mode: str, parts: Sequence[Part], model: PromptModel, lr: flo
             else:
                 default = table[0] if table and table[0] is not None else part.default_learning_rate
                 rates[name] = lr if lr is not None else default
-                if part.name == "head" and main is not None and main.name != "head" and lr is None:
+                if part.name == "head" and beside_head and lr is None:
                     rates[name] = part.default_learning_rate  # a head beside LoRA: the head's own rate
     if head_lr is not None:
         for name in head_parameters(model) if any(p.name in ("head", "full") for p in parts) else ():

@@ -234,7 +234,7 @@ def test_training_moves_only_the_parts_and_the_save_holds_only_them(lm, mode, tm
     assert loaded.trainable_parameters_ == counts
 
 
-def test_gradients_reach_only_the_parts_parameters(lm):
+def test_gradients_flow_into_the_parts_parameters_and_the_trainer_takes_exactly_them(lm):
     name, model, tokenizer, template = lm
     for mode in ("prefix", "lora"):
         clf = fit(model, tokenizer, template, mode)

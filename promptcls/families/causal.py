@@ -345,11 +345,11 @@ class CausalPromptModel(nn.Module):
         if not self.shares_cache:
             return self._word_scores_full(encoded)
         cands = self._candidates(encoded)
-        if self.one_pass and any(len(c) > 1 for row in cands for c in row):  # one-token words need no appended tokens
-            return self._word_scores_one_pass(encoded)
+        multi_token = any(len(c) > 1 for row in cands for c in row)
+        if self.one_pass and multi_token:  # one-token words need no appended tokens
+            return self._word_scores_one_pass(encoded, cands)
         inputs, lengths = self._prefix_batch(encoded)
-        need_cache = any(len(c) > 1 for row in cands for c in row)
-        extra = {} if "use_cache" in inputs else {"use_cache": need_cache}
+        extra = {} if "use_cache" in inputs else {"use_cache": multi_token}
         logits, cache = self._logits_at(inputs, (lengths - 1)[:, None], **extra)  # (B, 1, V): the slot's first token
         first_lp = logits[:, 0].float().log_softmax(-1)  # (B, V)
         device = first_lp.device
@@ -380,37 +380,36 @@ class CausalPromptModel(nn.Module):
         rest = lp.gather(2, targets[..., None])[..., 0].masked_fill(~valid, 0.0).sum(1)  # (N,)
         return scores.index_put((rows, cols), rest, accumulate=True)
 
-    def _word_scores_one_pass(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
-        """(B, W) word scores in one forward: the candidates' tokens appended after each prompt, 4-D masked."""
-        cands = self._candidates(encoded)  # per prompt, per word: its tokens
+    def _word_scores_one_pass(self, encoded: Sequence[CausalEncoded], cands: list[list[list[int]]]) -> torch.Tensor:
+        """(B, W) word scores in one forward: the candidates' tokens (``cands``: per prompt, per word) appended
+        after each prompt, 4-D masked."""
         lengths = [len(e.input_ids) for e in encoded]
         n, width = len(encoded), max(lengths)
         appended = [[(w, t) for w, c in enumerate(row) for t in range(len(c) - 1)] for row in cands]
         extra = max(len(a) for a in appended)
         total = width + extra
-        ids = torch.zeros(n, total, dtype=torch.long)
         positions = torch.zeros(n, total, dtype=torch.long)
+        positions[:, :width] = torch.arange(width)
         allowed = torch.eye(total, dtype=torch.bool).repeat(n, 1, 1)  # padding rows see themselves: no empty row
         keep = torch.zeros(n, 1 + extra, dtype=torch.long)  # where the head runs: the slot, then each candidate token
+        sequences = []
         for b, (e, row) in enumerate(zip(encoded, cands)):
             length = lengths[b]
-            ids[b, :length] = torch.tensor(e.input_ids)
-            positions[b, :width] = torch.arange(width)
             allowed[b, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
             keep[b] = length - 1
             start: dict[int, int] = {}
             for k, (w, t) in enumerate(appended[b]):
                 col = width + k
                 start.setdefault(w, col)
-                ids[b, col] = row[w][t]
                 positions[b, col] = length + t
                 allowed[b, col, :length] = True
                 allowed[b, col, start[w]:col + 1] = True  # its own word's tokens so far
                 keep[b, 1 + k] = col
+            tokens = e.input_ids + [0] * (width - length) + [row[w][t] for w, t in appended[b]]
+            sequences.append(CausalEncoded(tokens, e.soft_pos, []))
         device = self.device
         dtype = self.lm.get_input_embeddings().weight.dtype
-        encoded_ids = [CausalEncoded(ids[b].tolist(), e.soft_pos, []) for b, e in enumerate(encoded)]
-        inputs, _ = self._prefix_batch(encoded_ids)  # soft prompt and key/value prefix as for the prompt alone
+        inputs, _ = self._prefix_batch(sequences)  # soft prompt and key/value prefix as for the prompt alone
         mask = torch.zeros(n, 1, total, total, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
         if self.kv_prefix is not None:
             seen = inputs["attention_mask"][:, : self.kv_prefix.length].to(dtype)  # (B, P): 1 visible, 0 hidden

@@ -279,17 +279,14 @@ class PromptModel(nn.Module):
         """
         if self.kv_prefix is None:
             return base(*args, **kwargs)
-        from ..parts.prefix import cache_argument
-
+        cache_name, path, embeddings = self._prefix_plumbing()
         mask = kwargs["attention_mask"]  # (B, L), 1 = a real token
         b, length = mask.shape
         full = torch.cat([self.kv_prefix.mask_columns(b, mask), mask], 1)  # (B, P + L)
         dtype = self.mlm.get_input_embeddings().weight.dtype
         additive = (1.0 - full[:, None, None, :].to(dtype)) * torch.finfo(dtype).min  # (B, 1, 1, P + L)
         kwargs["attention_mask"] = additive.expand(b, 1, length, full.shape[1])
-        kwargs[cache_argument(base)] = self.kv_prefix.cache(b, dtype)
-        embeddings = next(m for m in base.modules() if self.mlm.get_input_embeddings() in m.children())
-        path = module_path(base, embeddings)
+        kwargs[cache_name] = self.kv_prefix.cache(b, dtype)
 
         def from_zero(module: nn.Module, *a: Any, **k: Any) -> Any:
             for name in ("cache_length", "past_key_values_length"):
@@ -298,6 +295,16 @@ class PromptModel(nn.Module):
             return module(*a, **k)
 
         return view(base, {path: StandIn(embeddings, from_zero)} if path else {})(*args, **kwargs)
+
+    def _prefix_plumbing(self) -> tuple[str, str | None, nn.Module]:
+        """(the base model's cache argument, the path and module of its embeddings), found once."""
+        if getattr(self, "_plumbing", None) is None:
+            from ..parts.prefix import cache_argument
+
+            base = self.mlm.base_model
+            embeddings = next(m for m in base.modules() if self.mlm.get_input_embeddings() in m.children())
+            self._plumbing = (cache_argument(base), module_path(base, embeddings), embeddings)
+        return self._plumbing
 
     def _with_base(self, call: Callable[..., BaseModelOutput], extra: Mapping[str, Any] | None = None) -> nn.Module:
         """A view of the MLM whose base model answers ``call(base, *args, **kwargs)``."""
