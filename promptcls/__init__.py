@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "PromptEncoding": "encoding",
     "PromptModel": "modeling",
     "SoftPrompt": "prompts",
+    "TaskSet": "multitask",
     "Template": "template",
     "TemplateError": "template",
     "TrainMode": "estimator",
@@ -48,6 +49,7 @@ __all__ = [
     "PromptEncoding",
     "PromptModel",
     "SoftPrompt",
+    "TaskSet",
     "Template",
     "TemplateError",
     "TrainMode",
@@ -82,6 +84,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from .estimator import PromptClassifier, TrainMode
     from .modeling import PromptModel
     from .multilabel import MultiLabelPromptClassifier, multilabel_report
+    from .multitask import TaskSet
     from .pet import PETClassifier
     from .prompts import SoftPrompt
     from .search import search_label_words

@@ -519,6 +519,8 @@ def cmd_predict(args) -> None:
         _output_kind(args.output)
     if args.chunk_size < 1:
         raise CLIError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.saved_task or args.zero_shot:
+        return _predict_tasks(args)
     prompt = _prompt(args)
     chunks = iter_table(args.input, args.input_format, no_header=args.no_header, names=_names(args),
                         classes=prompt.classes, command=args.command, chunk_rows=args.chunk_size)
@@ -530,32 +532,157 @@ def cmd_predict(args) -> None:
 
     import numpy as np
     import pandas as pd
-    from tqdm.auto import tqdm
 
-    kind = _output_kind(args.output) if args.output else "csv"
-    n = 0
-    with contextlib.ExitStack() as stack:
-        staging = stack.enter_context(atomic_path(args.output)) if args.output else None
-        out = stack.enter_context(open(staging, "w", encoding="utf-8", newline="")) if staging else sys.stdout
-        bar = stack.enter_context(tqdm(desc="predicting", unit=" rows", unit_scale=True, disable=args.quiet or None))
-        for i, frame in enumerate(itertools.chain([first], chunks)):
-            if i:
-                _check_columns(frame, prompt.template.fields, prompt.columns, args.input)
-            proba = clf.predict_proba(_apply(prompt, frame)) if len(frame) else np.zeros((0, len(clf.classes_)))
-            result = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)] if len(frame) else []})
-            for c, label in enumerate(clf.classes_):
-                result[f"prob_{label}"] = proba[:, c]
-            if args.keep_columns:
-                result = pd.concat([frame.reset_index(drop=True), result], axis=1)
-            if kind == "csv":
-                result.to_csv(out, index=False, header=i == 0)
-            else:
-                result.to_json(out, orient="records", lines=True, force_ascii=False)  # ends with a newline
-            out.flush()
-            n += len(frame)
-            bar.update(len(frame))
+    def score(frame, i: int):
+        if i:
+            _check_columns(frame, prompt.template.fields, prompt.columns, args.input)
+        proba = clf.predict_proba(_apply(prompt, frame)) if len(frame) else np.zeros((0, len(clf.classes_)))
+        result = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)] if len(frame) else []})
+        for c, label in enumerate(clf.classes_):
+            result[f"prob_{label}"] = proba[:, c]
+        if args.keep_columns:
+            result = pd.concat([frame.reset_index(drop=True), result], axis=1)
+        return result
+
+    n = write_predictions(args, itertools.chain([first], chunks), score)
     if args.output:
         print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+
+
+def _predict_tasks(args) -> None:
+    """Rows of several tasks in one file, each scored by the task its --task-column names, on one base model
+    (:class:`promptcls.multitask.TaskSet`): tasks that leave the encoder as it is share each forward."""
+    given = [f for f, v in (("--saved", args.saved), ("--task", args.task), ("--template", args.template),
+                            ("--verbalizer", args.verbalizer)) if v]
+    if given:
+        raise CLIError(f"{given[0]} is for one task; with --saved-task / --zero-shot each task brings its own prompt: "
+                       f"drop {given[0]}")
+    saved, zero = _tasks(args, "--saved-task")
+    names = set(saved) | set(zero)
+    chunks = iter_table(args.input, args.input_format, no_header=args.no_header, names=_names(args),
+                        command=args.command, chunk_rows=args.chunk_size)
+    first = next(chunks)
+    column = args.task_column
+
+    def task_of(frame, start: int) -> list[str]:
+        if column not in frame.columns:
+            raise CLIError(f"{args.input} has no column {column!r} naming each row's task (columns: "
+                           f"{', '.join(map(str, frame.columns))}): name it with --task-column")
+        values = frame[column].astype(str).tolist()
+        unknown = next((i for i, v in enumerate(values) if v not in names), None)
+        if unknown is not None:
+            raise CLIError(f"{args.input} row {start + unknown + 1}: task {values[unknown]!r} is not one of "
+                           f"{sorted(names)}: give it with --saved-task NAME=DIR or --zero-shot NAME=TASK")
+        return values
+
+    task_of(first, 0)
+    _quiet_transformers()
+    import itertools
+    import json
+
+    import pandas as pd
+
+    from .multitask import TaskSet, load_tasks
+
+    settings = {k: v for k, v in _settings(args).items() if k != "progress"}
+    if _columns(args):
+        settings["columns"] = _columns(args)
+    try:
+        tasks = TaskSet(load_tasks(saved, zero, model=args.model, **settings))
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    kind = _output_kind(args.output) if args.output else "csv"
+
+    def score(frame, i: int):
+        frame = frame.reset_index(drop=True)
+        which = task_of(frame, i * args.chunk_size)
+        for t in dict.fromkeys(which):
+            clf = tasks.classifiers[t]
+            _check_columns(frame[[w == t for w in which]], clf.template_.fields, getattr(clf, "columns", None) or {},
+                           args.input)
+        proba = tasks.predict_proba(frame, which) if len(frame) else []
+        classes = [[_plain(c) for c in tasks.classes(t)] for t in which]
+        result = pd.DataFrame({
+            "task": which,
+            "prediction": [c[int(p.argmax())] for c, p in zip(classes, proba)],
+            "probability": [float(p.max()) for p in proba],
+        })
+        probabilities = [dict(zip(c, map(float, p))) for c, p in zip(classes, proba)]
+        result["probabilities"] = ([json.dumps(d, ensure_ascii=False) for d in probabilities] if kind == "csv"
+                                   else probabilities)
+        if args.keep_columns:
+            result = pd.concat([frame.drop(columns=[column]), result], axis=1)
+        return result
+
+    n = write_predictions(args, itertools.chain([first], chunks), score)
+    if args.output:
+        print(f"wrote {n} predictions of {len(names)} tasks to {args.output}", file=sys.stderr)
+
+
+def write_predictions(args, frames, score) -> int:
+    """``score(frame, i)`` for each chunk, written as it comes (to a staging file renamed onto ``--output`` when
+    every row is done); the number of rows.
+
+    Under ``accelerate launch`` (or ``torchrun``) with N processes, process r scores chunks r, r + N, ... into
+    its own part file, and process 0 joins the parts in chunk order into the one output.
+    """
+    from .training import _distributed
+
+    kind = _output_kind(args.output) if args.output else "csv"
+    rank, world = _distributed() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else (0, 1)
+    if world > 1 and not args.output:
+        raise CLIError(f"{world} processes (accelerate launch) write one file together: give --output")
+
+    def encoded(result, i: int) -> bytes:
+        if kind == "csv":
+            return result.to_csv(index=False, header=i == 0).encode("utf-8")
+        return result.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")  # ends with a newline
+
+    n = 0
+    target = Path(args.output) if args.output else None
+    part = target.with_name(f".{target.name}.{rank}-of-{world}.part") if world > 1 else None
+    sizes: list[int] = []
+    with contextlib.ExitStack() as stack:
+        if world > 1:
+            stack.callback(lambda: part.unlink(missing_ok=True))
+            out = stack.enter_context(open(part, "wb"))
+        elif target is not None:
+            out = stack.enter_context(open(stack.enter_context(atomic_path(target)), "wb"))
+        else:
+            out = sys.stdout.buffer
+        from tqdm.auto import tqdm
+
+        bar = stack.enter_context(tqdm(desc="predicting", unit=" rows", unit_scale=True,
+                                       disable=args.quiet or rank > 0 or None))
+        for i, frame in enumerate(frames):
+            if i % world != rank:
+                continue
+            data = encoded(score(frame, i), i)
+            out.write(data)
+            out.flush()
+            sizes.append(len(data))
+            n += len(frame)
+            bar.update(len(frame) * world)
+        if world > 1:
+            out.close()
+            import torch.distributed as dist
+
+            everyone: list[Any] = [None] * world
+            dist.all_gather_object(everyone, (sizes, n))  # also waits for every process
+            if rank == 0:
+                parts = [target.with_name(f".{target.name}.{r}-of-{world}.part") for r in range(world)]
+                with atomic_path(target) as staging, open(staging, "wb") as joined:
+                    handles = [stack.enter_context(open(p, "rb")) for p in parts]
+                    for i in range(sum(len(s) for s, _ in everyone)):
+                        r = i % world
+                        joined.write(handles[r].read(everyone[r][0][i // world]))
+            dist.barrier()  # the parts are joined before any process removes its own
+            n = sum(rows for _, rows in everyone)
+    return n
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
 
 
 def best_dev_epoch(clf: Any) -> tuple[int, float] | None:
@@ -799,18 +926,21 @@ def _named(values: list[str], what: str, default_name: Any = None) -> dict[str, 
     return out
 
 
-def cmd_serve(args) -> None:
+def _tasks(args, saved_flag: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({name: save directory}, {name: catalogue task}) from the command's repeatable task flags, checked."""
     from .saving import CONFIG_NAME
 
-    saved = _named(args.saved, "--saved", lambda d: Path(d).resolve().name)
+    saved = _named(getattr(args, saved_flag.lstrip("-").replace("-", "_")), saved_flag,
+                   lambda d: Path(d).resolve().name)
     zero = _named(args.zero_shot, "--zero-shot")
     if set(saved) & set(zero):
         raise CLIError(f"task name {sorted(set(saved) & set(zero))[0]!r} is given twice: name each task once")
     if not saved and not zero:
-        raise CLIError("nothing to serve: give --saved DIR or --model M --zero-shot NAME=TASK")
+        what = "nothing to serve" if args.command == "serve" else "no tasks"
+        raise CLIError(f"{what}: give {saved_flag} DIR or --model M --zero-shot NAME=TASK")
     for name, directory in saved.items():
         if not (Path(directory) / CONFIG_NAME).is_file():
-            raise CLIError(f"--saved {directory!r} (task {name!r}) is not a promptcls save: it has no {CONFIG_NAME}")
+            raise CLIError(f"{saved_flag} {directory!r} (task {name!r}) is not a promptcls save: it has no {CONFIG_NAME}")
     if zero and not args.model:
         raise CLIError("--zero-shot needs --model (the model the tasks are scored on)")
     if zero:
@@ -819,6 +949,11 @@ def cmd_serve(args) -> None:
         unknown = [t for t in zero.values() if t not in list_tasks()]
         if unknown:
             raise CLIError(f"--zero-shot: {unknown[0]!r} is not a catalogue task (see `promptcls catalogue`)")
+    return saved, zero
+
+
+def cmd_serve(args) -> None:
+    saved, zero = _tasks(args, "--saved")
     for name, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
         if value < 1:
             raise CLIError(f"{name} must be at least 1, got {value}")
@@ -885,7 +1020,9 @@ EXAMPLES = {
     "predict": """examples:
   promptcls predict --model roberta-base --task sst2 --input reviews.csv --column text=review --output preds.csv
   promptcls predict --saved my-model --input reviews.jsonl --output preds.jsonl --keep-columns
-  promptcls predict --saved my-model --input test.csv --no-header --names label,text --output preds.csv""",
+  promptcls predict --saved my-model --input test.csv --no-header --names label,text --output preds.csv
+  promptcls predict --saved-task sentiment=sst2-prompt --saved-task topic=agnews-head --input mixed.csv \\
+      --task-column task --output preds.jsonl""",
     "train": f"""examples:
   promptcls train --model roberta-base --task sst2 --input train.tsv --dev dev.tsv --column text=sentence \\
       --output-dir sst2-head
@@ -1040,6 +1177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-columns", action="store_true", help="copy the input columns into the output")
     p.add_argument("--chunk-size", type=int, default=1000,
                    help="rows read, scored and written at a time (memory stays flat as the input grows)")
+    g = p.add_argument_group("many tasks in one file (each row scored by the task in --task-column)")
+    g.add_argument("--saved-task", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a saved classifier as task NAME (default: the folder's name); repeatable; saves of one "
+                        "base model share one copy of it")
+    g.add_argument("--zero-shot", action="append", default=[], metavar="NAME=TASK",
+                   help="a catalogue task, zero-shot on --model, as task NAME; repeatable")
+    g.add_argument("--task-column", default="task", help="the column naming each row's task")
     p.set_defaults(func=cmd_predict)
 
     p = command("train", "few-shot training; saves the trained classifier")

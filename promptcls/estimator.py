@@ -66,9 +66,12 @@ class TrainingDiverged(FloatingPointError, ValueError):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` picks cuda, then mps, then cpu."""
+    """``"auto"`` picks cuda (under ``accelerate launch``, the process's own GPU: ``cuda:LOCAL_RANK``), then mps,
+    then cpu."""
     if device in (None, "auto"):
         if torch.cuda.is_available():
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # accelerate launch / torchrun: one GPU per process
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
@@ -581,7 +584,10 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         rows = to_rows(X, self.template_.fields, self.columns)
         if not rows:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
-        scores = self._scores(rows)
+        return self._finish(self._scores(rows))
+
+    def _finish(self, scores: torch.Tensor) -> np.ndarray:
+        """(n, C) raw class scores -> the decision function: checked finite, calibrated when asked."""
         finite = torch.isfinite(scores).all(1)
         if not bool(finite.all()):
             i = int((~finite).nonzero()[0, 0])

@@ -7,7 +7,8 @@
 
 One worker thread owns the models. Requests from any number of clients wait in one bounded queue; the
 worker takes the first, gathers more for at most ``max_wait`` seconds or until ``max_batch`` rows, and
-scores each task's rows in one call (the classifier batches them by length). A full queue answers 503
+scores them together (:class:`promptcls.multitask.TaskSet`: rows of tasks that share the model's forward run
+in one, batched by length). A full queue answers 503
 at once; bad input answers 4xx saying why (an unknown task 404, rows that do not fit the template
 422). On shutdown the server stops taking connections, the requests already queued are scored and
 answered, then the worker stops.
@@ -28,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .multitask import TaskSet, load_tasks
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Batcher", "QueueFull", "create_app", "load_tasks"]
@@ -45,8 +48,8 @@ class _Request:
 
 
 class Batcher:
-    """One worker thread scoring queued requests in batches: ``submit(task, rows)`` returns a Future of
-    ``(labels, probabilities)``."""
+    """One worker thread scoring queued requests in batches: ``submit(task, rows)``, rows as ``{field: text}``
+    (:func:`promptcls.inputs.to_rows`), returns a Future of the (n, C) class probabilities."""
 
     def __init__(self, classifiers: Mapping[str, Any], max_batch: int = 64, max_wait: float = 0.005,
                  max_queue: int = 256) -> None:
@@ -54,6 +57,7 @@ class Batcher:
             raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be >= 1, max_wait "
                              f"({max_wait}) >= 0")
         self.classifiers = dict(classifiers)
+        self.tasks = TaskSet(self.classifiers)
         self.max_batch, self.max_wait = max_batch, max_wait
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self._closed = threading.Event()
@@ -117,67 +121,35 @@ class Batcher:
             self._score(rest)
 
     def _score(self, batch: list[_Request]) -> None:
+        """Every request of the batch in one ``TaskSet`` call: the rows of tasks that join share each forward."""
         by_task: dict[str, list[_Request]] = {}
         for request in batch:
             by_task.setdefault(request.task, []).append(request)
+        try:
+            scores = self.tasks.score_rows({t: [row for r in rs for row in r.rows] for t, rs in by_task.items()})
+        except Exception:  # noqa: BLE001 - one bad request must not take the others down: score each on its own
+            for r in batch:
+                self._score_one(r)
+            return
         for task, requests in by_task.items():
-            clf = self.classifiers[task]
-            rows = [row for r in requests for row in r.rows]
-            try:
-                proba = clf.predict_proba(rows)  # (n, C); one call, batched by length inside
-            except Exception as e:  # noqa: BLE001 - one bad request must not take the others down
-                if len(requests) > 1:
-                    for r in requests:  # find the culprit: score each request on its own
-                        self._score_one(clf, r)
-                else:
-                    requests[0].future.set_exception(e)
-                continue
+            proba = _softmax(scores[task])
             start = 0
             for r in requests:
-                part = proba[start:start + len(r.rows)]
+                r.future.set_result(proba[start:start + len(r.rows)])
                 start += len(r.rows)
-                r.future.set_result(part)
 
-    @staticmethod
-    def _score_one(clf: Any, request: _Request) -> None:
+    def _score_one(self, request: _Request) -> None:
         try:
-            request.future.set_result(clf.predict_proba(request.rows))
+            request.future.set_result(_softmax(self.tasks.score_rows({request.task: request.rows})[request.task]))
         except Exception as e:  # noqa: BLE001
             request.future.set_exception(e)
 
 
-def load_tasks(saved: Mapping[str, str], zero_shot: Mapping[str, str] | None = None, model: Any = None,
-               **settings: Any) -> dict[str, Any]:
-    """Classifiers by task name: saves (``{name: directory}``) and catalogue zero-shot tasks (``{name: task}``,
-    on ``model``). Saves of one base model share one loaded copy of it."""
-    from .catalogue import load_template, load_verbalizer
-    from .estimator import PromptClassifier
-    from .families import detect_family
-    from .loading import load_model
-    from .saving import read_config
+def _softmax(scores: Any) -> Any:
+    import numpy as np
 
-    loaded: dict[str, tuple[Any, Any]] = {}
-
-    def shared(base: Any) -> tuple[Any, Any]:
-        """(model, tokenizer): a name or path loaded once for every task on it; a loaded model as given."""
-        if not isinstance(base, str):
-            return base, None
-        if base not in loaded:
-            loaded[base] = load_model(base)
-        return loaded[base]
-
-    out: dict[str, Any] = {}
-    for name, directory in saved.items():
-        lm, tok = shared(model or read_config(directory)["base_model"].get("name_or_path"))
-        out[name] = PromptClassifier.from_pretrained(directory, model=lm, tokenizer=tok, progress=False, **settings)
-    if zero_shot and model is None:
-        raise ValueError(f"zero-shot tasks {sorted(zero_shot)} need a model")
-    for name, task in (zero_shot or {}).items():
-        lm, tok = shared(model)
-        family = "causal" if detect_family(lm) == "causal" else None
-        out[name] = PromptClassifier(lm, load_template(task, family=family), load_verbalizer(task, family=family),
-                                     tokenizer=tok, progress=False, **settings).fit()
-    return out
+    z = np.exp(scores - scores.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
 
 
 def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait: float = 0.005,

@@ -230,3 +230,33 @@ def test_serve_checks_its_tasks_before_loading(workdir):
     assert result.returncode != 0 and "--zero-shot needs --model" in result.stderr
     result = run("serve", "--model", workdir / "tiny", "--zero-shot", "s=nosuchtask")
     assert result.returncode != 0 and "'nosuchtask' is not a catalogue task" in result.stderr
+
+
+def test_predict_rows_of_several_tasks_from_one_file(workdir):
+    base = ["train", "--model", workdir / "tiny", "--verbalizer", VERBALIZER, "--input", workdir / "reviews.csv",
+            "--column", "text=review", "--epochs", "1", "--quiet"]
+    for mode, template in (("prompt", "[SOFT*2] {text} It was [MASK]."), ("head", "{text} All in all [MASK].")):
+        result = run(*base, "--mode", mode, "--template", template, "--output-dir", workdir / f"task-{mode}")
+        assert result.returncode == 0, result.stderr
+    mixed = REVIEWS.assign(task=["soft", "head", "head", "soft", "soft", "head"])
+    mixed.to_csv(workdir / "mixed.csv", index=False)
+    tasks = ["--saved-task", f"soft={workdir / 'task-prompt'}", "--saved-task", f"head={workdir / 'task-head'}"]
+    result = run("predict", *tasks, "--input", workdir / "mixed.csv", "--column", "text=review", "--quiet",
+                 "--output", workdir / "mixed.jsonl", "--chunk-size", "4")
+    assert result.returncode == 0, result.stderr
+    got = pd.read_json(workdir / "mixed.jsonl", lines=True)
+    assert got["task"].tolist() == mixed["task"].tolist()
+    for task, folder in (("soft", "task-prompt"), ("head", "task-head")):
+        clf = PromptClassifier.from_pretrained(workdir / folder, columns={"text": "review"})
+        rows = mixed[mixed["task"] == task]
+        proba = clf.predict_proba(rows)
+        mine = got[got["task"] == task]
+        np.testing.assert_allclose([[p[str(c)] for c in clf.classes_] for p in mine["probabilities"]], proba, atol=1e-5)
+        assert mine["prediction"].astype(str).tolist() == clf.classes_[proba.argmax(1)].astype(str).tolist()
+    mixed.assign(task=["soft", "head", "topic", "soft", "soft", "head"]).to_csv(workdir / "unknown.csv", index=False)
+    result = run("predict", *tasks, "--input", workdir / "unknown.csv", "--column", "text=review", "--quiet")
+    assert result.returncode != 0 and "row 3: task 'topic' is not one of ['head', 'soft']" in result.stderr
+    result = run("predict", *tasks, "--input", workdir / "reviews.csv", "--quiet")
+    assert result.returncode != 0 and "has no column 'task' naming each row's task" in result.stderr
+    result = run("predict", *tasks, "--saved", workdir / "task-head", "--input", workdir / "mixed.csv")
+    assert result.returncode != 0 and "--saved is for one task" in result.stderr

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 SCRIPT = textwrap.dedent(
     """
@@ -50,3 +51,30 @@ def test_two_processes_train_like_one(tmp_path):
     single = np.load(tmp_path / "scores-1-0.npy")
     for rank in (0, 1):
         np.testing.assert_allclose(np.load(tmp_path / f"scores-2-{rank}.npy"), single, atol=1e-4)
+
+
+def test_accelerate_launch_shards_predict_and_writes_one_output(tmp_path, _trainable_bert):
+    model, tokenizer = _trainable_bert
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    texts = [f"{a} film , {b} staff" for a in ("nice", "boring", "fun", "awful", "great") for b in ("bad", "good", "nice")]
+    pd.DataFrame({"review": texts}).to_csv(tmp_path / "reviews.csv", index=False)
+    args = ["predict", "--model", str(tmp_path / "tiny"), "--template", "{text} It was [MASK].", "--verbalizer",
+            '{"0": ["bad"], "1": ["good", "nice"]}', "--column", "text=review", "--input", str(tmp_path / "reviews.csv"),
+            "--chunk-size", "4", "--keep-columns", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "promptcls", *args, "--output", str(tmp_path / "one.csv")], check=True,
+                   env=env, timeout=300)
+    accelerate = shutil.which("accelerate") or "accelerate"
+    for suffix in ("csv", "jsonl"):
+        done = subprocess.run(
+            [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+             "no", "--dynamo_backend", "no", "-m", "promptcls", *args, "--output", str(tmp_path / f"two.{suffix}")],
+            env=env, timeout=600, capture_output=True, text=True,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = pd.read_csv(tmp_path / "one.csv")
+    assert len(one) == len(texts) and one["review"].tolist() == texts
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "two.csv"), one, atol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_json(tmp_path / "two.jsonl", lines=True), one, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no part files left

@@ -120,10 +120,10 @@ class Gate:
         self.clf, self.open, self.entered = clf, threading.Event(), threading.Event()
         self.classes_, self.template_, self.columns = clf.classes_, clf.template_, None
 
-    def predict_proba(self, rows):
+    def decision_function(self, rows):
         self.entered.set()
         assert self.open.wait(60)
-        return self.clf.predict_proba(rows)
+        return self.clf.decision_function(rows)
 
 
 def test_a_full_queue_answers_503_and_shutdown_drains(classifiers):
@@ -157,11 +157,11 @@ def test_a_full_queue_answers_503_and_shutdown_drains(classifiers):
 
 def test_the_batcher_gathers_and_refuses_when_closed(classifiers):
     batcher = Batcher(classifiers, max_batch=64, max_wait=0.05)
-    futures = [batcher.submit("sentiment", [t]) for t in TEXTS]
+    futures = [batcher.submit("sentiment", [{"text": t}]) for t in TEXTS]  # rows keyed by field
     got = np.concatenate([f.result(30) for f in futures])
     np.testing.assert_allclose(got, classifiers["sentiment"].predict_proba(TEXTS), atol=1e-6)
     batcher.close(30)
     with pytest.raises(QueueFull, match="shutting down"):
-        batcher.submit("sentiment", ["x"])
+        batcher.submit("sentiment", [{"text": "x"}])
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(classifiers, max_batch=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAMILIES", "detect_family", "build_prompt_model"]
+__all__ = ["FAMILIES", "detect_family", "build_prompt_model", "joint_class_scores"]
 
 FAMILIES = ("masked", "causal")
 
@@ -52,3 +52,14 @@ def build_prompt_model(lm: Any, tokenizer: Any, template: Any, verbalizer: Any, 
     from .masked import PromptModel
 
     return PromptModel(lm, tokenizer, template, verbalizer, max_length=max_length, seed=seed)
+
+
+def joint_class_scores(chunks):
+    """(B_t, C_t) class scores of several tasks' prompts ``[(prompt model, encoded prompts), ...]`` in one forward.
+
+    The models must have one ``joint_key()`` (one family, the same shared tensors)."""
+    if chunks[0][0].family == "causal":
+        from .causal import joint_class_scores as joint
+    else:
+        from .masked import joint_class_scores as joint
+    return joint(chunks)

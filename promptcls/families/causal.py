@@ -45,7 +45,7 @@ from ..verbalizer import LabelWords, Verbalizer, word_token_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CausalPromptModel", "CausalEncoding", "CausalEncoded", "causal_position_limit"]
+__all__ = ["CausalPromptModel", "CausalEncoding", "CausalEncoded", "causal_position_limit", "joint_class_scores"]
 
 _SLOT = "\ue000"  # a private-use character marks the slots while a row is rendered
 
@@ -295,6 +295,13 @@ class CausalPromptModel(nn.Module):
             )
         return params
 
+    def joint_key(self) -> tuple | None:
+        """What this model's forward shares with another task's in one joint forward (every tensor of the LM);
+        None where it cannot join one (key/value prefixes, or a model the one-pass probe turned down)."""
+        if self.kv_prefix is not None or not (self.one_pass and self.shares_cache):
+            return None
+        return ("causal", tuple((n, p.data_ptr()) for n, p in self.lm.named_parameters()))
+
     # ------------------------------------------------------------------ forward pieces
     def _prefix_batch(self, encoded: Sequence[CausalEncoded]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Right-padded prompts with explicit positions, and each prompt's length."""
@@ -383,54 +390,56 @@ class CausalPromptModel(nn.Module):
     def _word_scores_one_pass(self, encoded: Sequence[CausalEncoded], cands: list[list[list[int]]]) -> torch.Tensor:
         """(B, W) word scores in one forward: the candidates' tokens (``cands``: per prompt, per word) appended
         after each prompt, 4-D masked."""
-        lengths = [len(e.input_ids) for e in encoded]
-        n, width = len(encoded), max(lengths)
-        appended = [[(w, t) for w, c in enumerate(row) for t in range(len(c) - 1)] for row in cands]
-        extra = max(len(a) for a in appended)
-        total = width + extra
+        width = max(len(e.input_ids) for e in encoded)
+        extra = max(sum(len(c) - 1 for c in row) for row in cands)
+        layout = self.one_pass_layout(encoded, cands, width, extra)
+        lp = self._logits_at(self.one_pass_inputs(layout), layout.keep.to(self.device))[0]  # (B, 1 + extra, V)
+        return layout.read(lp.float().log_softmax(-1), len(cands[0]))
+
+    def one_pass_layout(self, encoded: Sequence[CausalEncoded], cands: list[list[list[int]]], width: int,
+                        extra: int) -> OnePass:
+        """Each prompt right-padded to ``width``, then its candidates' first n - 1 tokens (at most ``extra``)."""
+        n, total = len(encoded), width + extra
         positions = torch.zeros(n, total, dtype=torch.long)
         positions[:, :width] = torch.arange(width)
         allowed = torch.eye(total, dtype=torch.bool).repeat(n, 1, 1)  # padding rows see themselves: no empty row
         keep = torch.zeros(n, 1 + extra, dtype=torch.long)  # where the head runs: the slot, then each candidate token
-        sequences = []
+        sequences, reads = [], []
         for b, (e, row) in enumerate(zip(encoded, cands)):
-            length = lengths[b]
+            length = len(e.input_ids)
+            appended = [(w, t) for w, c in enumerate(row) for t in range(len(c) - 1)]
             allowed[b, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
             keep[b] = length - 1
             start: dict[int, int] = {}
-            for k, (w, t) in enumerate(appended[b]):
+            for k, (w, t) in enumerate(appended):
                 col = width + k
                 start.setdefault(w, col)
                 positions[b, col] = length + t
                 allowed[b, col, :length] = True
                 allowed[b, col, start[w]:col + 1] = True  # its own word's tokens so far
                 keep[b, 1 + k] = col
-            tokens = e.input_ids + [0] * (width - length) + [row[w][t] for w, t in appended[b]]
-            sequences.append(CausalEncoded(tokens, e.soft_pos, []))
-        device = self.device
+            index = {wt: 1 + k for k, wt in enumerate(appended)}
+            reads += [(b, w, 0 if t == 0 else index[(w, t - 1)], token)
+                      for w, c in enumerate(row) for t, token in enumerate(c)]
+            tokens = e.input_ids + [0] * (width - length) + [row[w][t] for w, t in appended]
+            sequences.append(CausalEncoded(tokens + [0] * (total - len(tokens)), e.soft_pos, []))
+        return OnePass(sequences, positions, allowed, keep, reads)
+
+    def one_pass_inputs(self, layout: OnePass) -> dict[str, Any]:
+        """The model inputs of a layout: ids (or embeddings with the soft prompt), positions, the 4-D mask."""
+        n, total = layout.positions.shape
         dtype = self.lm.get_input_embeddings().weight.dtype
-        inputs, _ = self._prefix_batch(sequences)  # soft prompt and key/value prefix as for the prompt alone
-        mask = torch.zeros(n, 1, total, total, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+        inputs, _ = self._prefix_batch(layout.sequences)  # soft prompt and key/value prefix as for the prompt alone
+        mask = torch.zeros(n, 1, total, total, dtype=dtype).masked_fill(~layout.allowed[:, None], torch.finfo(dtype).min)
         if self.kv_prefix is not None:
             seen = inputs["attention_mask"][:, : self.kv_prefix.length].to(dtype)  # (B, P): 1 visible, 0 hidden
             columns = ((1 - seen) * torch.finfo(dtype).min)[:, None, None, :].expand(n, 1, total, -1)
             mask = torch.cat([columns.cpu(), mask], -1)
-        inputs["attention_mask"] = mask.to(device)
+        inputs["attention_mask"] = mask.to(self.device)
         if self._takes_positions:
-            inputs["position_ids"] = positions.to(device)
+            inputs["position_ids"] = layout.positions.to(self.device)
         inputs.setdefault("use_cache", False)
-        lp = self._logits_at(inputs, keep.to(device))[0].float().log_softmax(-1)  # (B, 1 + extra, V)
-        scores = torch.zeros(n, len(cands[0]), device=device)
-        rows, slots, targets = [], [], []
-        for b, row in enumerate(cands):
-            index = {wt: 1 + k for k, wt in enumerate(appended[b])}
-            for w, c in enumerate(row):
-                for t, token in enumerate(c):
-                    rows.append(b * len(row) + w)
-                    slots.append(b * (1 + extra) + (0 if t == 0 else index[(w, t - 1)]))
-                    targets.append(token)
-        flat = lp.reshape(n * (1 + extra), -1)[torch.tensor(slots, device=device), torch.tensor(targets, device=device)]
-        return scores.reshape(-1).index_add(0, torch.tensor(rows, device=device), flat).view(n, -1)
+        return inputs
 
     def _word_scores_full(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
         """The same scores with one full forward per (prompt, word): for models that cannot share a cache."""
@@ -529,6 +538,54 @@ class CausalPromptModel(nn.Module):
         ids = torch.tensor([prompt + word], device=self.device)
         lp = self.lm(input_ids=ids).logits[0].float().log_softmax(-1)
         return float(sum(lp[len(prompt) - 1 + t, word[t]] for t in range(len(word))))
+
+
+@dataclasses.dataclass
+class OnePass:
+    """The layout of a one-pass forward: per row its tokens, positions, which columns each column sees, where the
+    head runs (``keep``), and the reads ``(row, word, keep column, token)`` that sum into the word scores."""
+
+    sequences: list[CausalEncoded]
+    positions: torch.Tensor  # (B, T)
+    allowed: torch.Tensor  # (B, T, T) bool
+    keep: torch.Tensor  # (B, 1 + extra)
+    reads: list[tuple[int, int, int, int]]
+
+    def read(self, lp: torch.Tensor, n_words: int) -> torch.Tensor:
+        """(B, 1 + extra, V) log-probs at ``keep`` -> (B, W) word scores."""
+        n = lp.shape[0]
+        b, w, k, token = (torch.tensor(c, device=lp.device) for c in zip(*self.reads))
+        flat = lp[b, k, token]
+        return lp.new_zeros(n * n_words).index_add(0, b * n_words + w, flat).view(n, n_words)
+
+
+def joint_class_scores(chunks: Sequence[tuple[CausalPromptModel, Sequence[CausalEncoded]]]) -> list[torch.Tensor]:
+    """(B_t, C_t) class scores of several tasks' prompts on one causal LM, in ONE forward.
+
+    Every task must share the whole LM (its soft prompt and label words are its own): each task lays its
+    prompts out as in ``one_pass_layout`` to a common width, its soft prompt is spliced into its own rows,
+    and the rows run together.
+    """
+    lead = chunks[0][0]
+    cands = [model._candidates(encoded) for model, encoded in chunks]
+    width = max(len(e.input_ids) for _, encoded in chunks for e in encoded)
+    extra = max(sum(len(c) - 1 for c in row) for rows in cands for row in rows)
+    layouts = [model.one_pass_layout(encoded, c, width, extra) for (model, encoded), c in zip(chunks, cands)]
+    inputs = [model.one_pass_inputs(layout) for (model, _), layout in zip(chunks, layouts)]
+    if any("inputs_embeds" in i for i in inputs):
+        embed = lead.lm.get_input_embeddings()
+        for i in inputs:
+            if "input_ids" in i:
+                i["inputs_embeds"] = embed(i.pop("input_ids"))
+    merged = {k: torch.cat([i[k] for i in inputs]) for k in inputs[0] if k != "use_cache"}
+    keep = torch.cat([layout.keep for layout in layouts]).to(lead.device)
+    lp = lead._logits_at({**merged, "use_cache": False}, keep)[0].float().log_softmax(-1)  # (N, 1 + extra, V)
+    out, start = [], 0
+    for (model, encoded), layout, c in zip(chunks, layouts, cands):
+        scores = layout.read(lp[start:start + len(encoded)], len(c[0]))
+        out.append(model.label_words.aggregate(scores))
+        start += len(encoded)
+    return out
 
 
 @dataclasses.dataclass

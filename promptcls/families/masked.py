@@ -31,7 +31,7 @@ from ..views import StandIn, gather_rows, module_path, view
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PromptModel", "default_max_length", "position_limit"]
+__all__ = ["PromptModel", "default_max_length", "position_limit", "joint_class_scores"]
 
 
 def position_limit(model: nn.Module, tokenizer: Any) -> int | None:
@@ -197,6 +197,13 @@ class PromptModel(nn.Module):
         only = self._label_vocab()
         logits = self.head_logits(rows[1], only) if rows is not None else self.mask_logits(self.batch(encoded, 1), only)
         return self.label_words.aggregate(logits[:, 0].float())  # (B, W) logits -> (B, C)
+
+    def joint_key(self) -> tuple | None:
+        """What this model's forward shares with another task's in one joint forward (the encoder's tensors);
+        None where it cannot join one (key/value prefixes, or no split between encoder and head)."""
+        if self.kv_prefix is not None or not self.split_head:
+            return None
+        return ("masked", tuple((n, p.data_ptr()) for n, p in self.mlm.base_model.named_parameters()))
 
     family = "masked"
     lm_prefix = "mlm"  # parameter names in saves: "mlm.<name in the transformers model>"
@@ -407,3 +414,43 @@ class PromptModel(nn.Module):
 
     def encode(self, rows: Sequence[dict[str, str]]) -> list[Encoded]:
         return self.encoding.encode(rows)
+
+
+def joint_class_scores(chunks: Sequence[tuple[PromptModel, Sequence[Encoded]]]) -> list[torch.Tensor]:
+    """(B_t, C_t) class scores of several tasks' prompts on one encoder, in ONE encoder forward.
+
+    Every task must share the encoder (its soft prompt, MLM head and label words are its own): each task's
+    prompts get their answer slots for each of its label-word lengths, its soft prompt is spliced into its
+    own rows, all rows are right-padded to one width and run together; each task's head then runs on its
+    own mask rows only.
+    """
+    lead = chunks[0][0]
+    pieces = [(t, n, batch) for t, (model, encoded) in enumerate(chunks)
+              for n, batch in model.group_batches(encoded).items()]
+    inputs = [chunks[t][0]._model_inputs(batch) for t, _, batch in pieces]
+    embed = lead.mlm.get_input_embeddings()
+    if any("inputs_embeds" in i for i in inputs):
+        for i in inputs:
+            if "input_ids" in i:
+                i["inputs_embeds"] = embed(i.pop("input_ids"))  # (B, L, E)
+    width = max(i["attention_mask"].shape[1] for i in inputs)
+    pad = lead.tokenizer.pad_token_id if lead.tokenizer.pad_token_id is not None else 0
+    typed = any("token_type_ids" in i for i in inputs)
+    merged: dict[str, list[torch.Tensor]] = {}
+    for i in inputs:
+        b, length = i["attention_mask"].shape
+        if typed and "token_type_ids" not in i:
+            i["token_type_ids"] = torch.zeros_like(i["attention_mask"])
+        for k, v in i.items():
+            fill = pad if k == "input_ids" else 0
+            grow = (0, 0, 0, width - length) if v.dim() == 3 else (0, width - length)
+            merged.setdefault(k, []).append(nn.functional.pad(v, grow, value=fill))
+    hidden = lead._run_base(lead.mlm.base_model, **{k: torch.cat(v) for k, v in merged.items()})[0]  # (N, L, H)
+    words: list[dict[int, torch.Tensor]] = [{} for _ in chunks]
+    start = 0
+    for t, n, batch in pieces:
+        model, size = chunks[t][0], batch["mask_pos"].shape[0]
+        rows = gather_rows(hidden[start:start + size], batch["mask_pos"])  # (B, n, H)
+        words[t][n] = model.word_scores_from_logits(n, model.head_logits(rows))
+        start += size
+    return [model.class_scores_from_words(w) for (model, _), w in zip(chunks, words)]
