@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "PromptEncoderType": "template",
     "PromptEncoding": "encoding",
     "PromptModel": "modeling",
+    "PromptRegressor": "regression",
     "SoftPrompt": "prompts",
     "TaskSet": "multitask",
     "Template": "template",
@@ -48,6 +49,7 @@ __all__ = [
     "PromptEncoderType",
     "PromptEncoding",
     "PromptModel",
+    "PromptRegressor",
     "SoftPrompt",
     "TaskSet",
     "Template",
@@ -87,6 +89,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from .multitask import TaskSet
     from .pet import PETClassifier
     from .prompts import SoftPrompt
+    from .regression import PromptRegressor
     from .search import search_label_words
     from .template import PromptEncoderType, Template, TemplateError
     from .verbalizer import Aggregation, Verbalizer

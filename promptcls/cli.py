@@ -452,6 +452,8 @@ def _settings(args) -> dict[str, Any]:
         out["max_length"] = args.max_length
     if getattr(args, "calibrate", False):
         out["calibration"] = True
+    if getattr(args, "truncation", "head") != "head":
+        out["truncation"] = args.truncation
     for name in ("gguf_file", "score_suffix", "chat_template"):
         if getattr(args, name, None):
             out[name] = getattr(args, name)
@@ -957,7 +959,13 @@ def cmd_serve(args) -> None:
     for name, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
         if value < 1:
             raise CLIError(f"{name} must be at least 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be at least 1, got {args.threads}")
     _quiet_transformers()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from .serving import load_tasks, serve
 
     classifiers = load_tasks(saved, zero, model=args.model, batch_size=args.batch_size, device=args.device)
@@ -1091,6 +1099,9 @@ def _add_model_options(p: argparse.ArgumentParser, saved: bool = True, command: 
     g.add_argument("--max-length", type=int, help="longest prompt in tokens; longer texts lose tokens from the end "
                                                   "(default: the model's limit)")
     g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)}")
+    g.add_argument("--truncation", choices=["head", "tail", "chunks"], default="head",
+                   help="a text too long for --max-length keeps its start (head), its end (tail), or is scored in "
+                        "overlapping windows whose class log-probabilities are averaged (chunks)")
     if command == "train":
         g.add_argument("--calibrate", action="store_true",
                        help="contextual calibration (Zhao et al. 2021) of the trained model's class scores, "
@@ -1192,8 +1203,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_options(p, labels=True)
     g = p.add_argument_group("training")
     g.add_argument("--mode", default="head", type=modes,
-                   help="what is trained: head, prompt, prefix, lora, ia3 or full, or parts joined by + "
-                        "(head+prompt, head+lora, prompt+lora, ...)")
+                   help="what is trained: head, verbalizer (a soft verbalizer, WARP), prompt, prefix, lora, ia3 or "
+                        "full, or parts joined by + (head+prompt, prompt+verbalizer, head+lora, prompt+lora, ...)")
     _add_part_options(g)
     g.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training file")
     g.add_argument("--learning-rate", type=float, help=f"the model's / head's rate (default per --mode: {_rates(0)})")
@@ -1269,6 +1280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=256, help="queued requests before the server answers 503")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="torch threads for scoring on CPU (default: torch's); on a small "
+                                               "machine leave a core to the HTTP side")
     p.set_defaults(func=cmd_serve)
 
     p = command("catalogue", "list the catalogue's tasks, or show one")

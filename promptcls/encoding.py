@@ -69,7 +69,11 @@ class PromptEncoding:
         max_length: int,
         n_mask: int = 1,
         soft_counts: tuple[int, ...] = (),
+        keep: str = "head",
     ) -> None:
+        if keep not in ("head", "tail"):
+            raise ValueError(f"keep={keep!r}: a shortened text keeps its 'head' or its 'tail'")
+        self.keep = keep
         if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
             raise ValueError(f"{type(tokenizer).__name__} has no mask token: promptcls needs a masked-LM tokenizer")
         if not getattr(tokenizer, "is_fast", False):
@@ -135,7 +139,8 @@ class PromptEncoding:
     def truncate(self, rows: Sequence[dict[str, str]], row_numbers: Sequence[int] | None = None) -> list[dict[str, str]]:
         """The rows as they are scored: text fields shortened where the prompt exceeds ``max_length``.
 
-        Tokens leave the longest field first, from its end; the template and its slots stay whole.
+        Tokens leave the longest field first, from its end (``keep="tail"``: from its start); the template and its
+        slots stay whole.
         """
         numbers = list(row_numbers) if row_numbers is not None else list(range(len(rows)))
         out = [dict(r) for r in rows]
@@ -239,7 +244,12 @@ class PromptEncoding:
         out = dict(row)
         for name, k in keep.items():
             if k < len(ends[name]):
-                out[name] = row[name][: ends[name][k - 1]] if k else ""
+                if not k:
+                    out[name] = ""
+                elif self.keep == "tail":  # the first tokens go: the text after the last dropped one
+                    out[name] = row[name][ends[name][len(ends[name]) - k - 1]:].lstrip()
+                else:
+                    out[name] = row[name][: ends[name][k - 1]]
         return out
 
 

@@ -192,6 +192,16 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         Template field -> column name, for DataFrames, dicts and datasets.
     max_length : int, optional
         Longest prompt in tokens (default: the model's). Only text fields are truncated.
+    truncation : {"head", "tail", "chunks"}
+        A text too long for ``max_length``: keep its start (``"head"``), its end (``"tail"``), or score it in
+        windows that fit (``"chunks"``: the longest field cut into windows overlapping by half a window, their
+        class log-probabilities averaged). Training reads each text as ``"head"`` does with ``"chunks"``.
+    demonstrations : {None, "random", "similar"}
+        LM-BFF's demonstrations (:mod:`promptcls.demonstrations`): one labelled example per class, from the
+        data ``fit`` was given, rendered at the template's ``[DEMOS]`` slot (without one: after the prompt, or
+        before it for a causal LM: in-context learning), picked at random or among the most similar.
+    demonstration_sets : int
+        Prediction averages the class log-probabilities over this many draws of demonstrations.
     batch_size : int
         Prompts per forward when scoring (and when caching head-mode states). On CPU a batch
         runs as micro-batches of similar length, so short prompts do not pay for a long one.
@@ -302,7 +312,13 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.0,
         lora_target_modules: Sequence[str] | str | None = None,
+        truncation: str = "head",
+        demonstrations: str | None = None,
+        demonstration_sets: int = 1,
     ) -> None:
+        self.truncation = truncation
+        self.demonstrations = demonstrations
+        self.demonstration_sets = demonstration_sets
         self.model = model
         self.template = template
         self.verbalizer = verbalizer
@@ -350,6 +366,11 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if self.verbalizer is None:
             raise ValueError('verbalizer is required: label words per class, e.g. {"neg": ["bad"], "pos": ["good"]}')
         parse_train_mode(self.train_mode)
+        if self.demonstrations not in (None, "random", "similar"):
+            raise ValueError(f"demonstrations={self.demonstrations!r} is not one of None, 'random', 'similar'")
+        _integer("demonstration_sets", self.demonstration_sets, 1)
+        if self.truncation not in ("head", "tail", "chunks"):
+            raise ValueError(f"truncation={self.truncation!r} is not one of 'head', 'tail', 'chunks'")
         if self.sampling not in ("shuffle", "balanced"):
             raise ValueError(f"sampling={self.sampling!r} is not one of 'shuffle', 'balanced'")
         if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, Mapping)):
@@ -429,9 +450,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             else:
                 mlm = structural_copy(mlm)  # shares the weights; eval() below switches only our copy
         mlm.to(device)
+        if self.demonstrations and not template.has_demonstrations:  # LM-BFF: after the prompt; a causal LM: before
+            from .families import detect_family
+
+            causal = (detect_family(mlm) if self.family == "auto" else self.family) == "causal"
+            source = f"[DEMOS]\n{template.source}" if causal else f"{template.source} [DEMOS]"
+            template = Template(source, prompt_encoder=template.prompt_encoder, soft_init=template.soft_init)
         model = build_prompt_model(mlm, tokenizer, template, verbalizer, max_length=self.max_length,
                                    seed=self.random_state_, family=self.family, score_suffix=self.score_suffix,
-                                   chat_template=self.chat_template)
+                                   chat_template=self.chat_template, keep="tail" if self.truncation == "tail" else "head")
         self.initialised_parameters_ = [f"{model.lm_prefix}.{name}" for name in missing]
         uncovered = [n for n in self.initialised_parameters_ if n not in covered]
         if uncovered:
@@ -527,8 +554,16 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if self.head_learning_rate is not None and not {"head", "full"} & set(mode.split("+")):
             raise ValueError(f"head_learning_rate is set but train_mode={mode!r} does not train the MLM head: "
                              "add 'head' to train_mode (or use 'full'), or leave head_learning_rate=None")
+        if self.demonstrations and (X is None or y is None):
+            raise ValueError(f"demonstrations={self.demonstrations!r} draws from labelled examples: call fit(X, y) "
+                             "(with train_mode='none' for in-context learning)")
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
+        template = self.model_.template  # with the [DEMOS] slot where demonstrations are asked for
         self.template_ = template
+        self.verbalizer_ = verbalizer
+        self.demonstration_pool_ = None
+        if self.demonstrations:
+            self._set_pool(to_rows(X, template.fields, self.columns), y)
         self.verbalizer_ = verbalizer
         self.classes_ = classes_array(verbalizer)
         self.base_fingerprint_ = self._fingerprint()
@@ -549,7 +584,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             self.calibration_ = self._content_free_log_probs()
         except BaseException:
             for name in ("model_", "template_", "verbalizer_", "classes_", "calibration_", "base_fingerprint_", "parts_",
-                         "trainable_parameters_"):
+                         "trainable_parameters_", "demonstration_pool_"):
                 self.__dict__.pop(name, None)  # a failed fit leaves no half-fitted classifier behind
             raise
         return self
@@ -565,8 +600,56 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         scores = self._scores(rows, progress=False)
         return scores.softmax(-1).mean(0).log()  # (C,)
 
+    def _set_pool(self, rows: list[dict[str, str]], labels: Sequence[Any]) -> None:
+        from .demonstrations import DemonstrationPool
+
+        answers = {c: self.verbalizer_.words[c][0] for c in self.verbalizer_.classes}
+        separator = "\n" if self.model_.family == "causal" else " "
+        self.demonstration_pool_ = DemonstrationPool(self.template_, rows, [_plain(v) for v in labels], answers,
+                                                     self.demonstrations, self.random_state_, separator,
+                                                     embed=self._sentence_embeddings)
+
+    @torch.no_grad()
+    def _sentence_embeddings(self, texts: list[str]) -> np.ndarray:
+        """Mean-pooled last hidden states of the classifier's own encoder (for ``demonstrations="similar"``)."""
+        model = self.model_
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            with model.encoding._lock:
+                batch = model.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                        max_length=min(512, model.encoding.max_length), return_tensors="pt")
+            batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            hidden = model.lm.base_model(**batch)[0].float()  # (B, L, H)
+            mask = batch["attention_mask"][..., None].float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())
+        return np.concatenate(out)
+
+    def _demonstrated(self, rows: list[dict[str, str]], sets: int = 1) -> tuple[list[dict[str, str]], list[int]]:
+        """Rows with their demonstrations (``sets`` draws each), and the row each comes from."""
+        pool = getattr(self, "demonstration_pool_", None)
+        if pool is None:
+            return rows, list(range(len(rows)))
+        return pool.fill(rows, sets)
+
     def _scores(self, rows: list[dict[str, str]], progress: bool | None = None) -> torch.Tensor:
-        """(n, C) class scores, batched by length, in the order of ``rows``."""
+        """(n, C) class scores, batched by length, in the order of ``rows``; the mean class log-probabilities of
+        several draws of demonstrations (``demonstration_sets``) or of a long text's windows (``"chunks"``)."""
+        sets = self.demonstration_sets if getattr(self, "demonstration_pool_", None) is not None else 1
+        filled, owner = self._demonstrated(rows, sets)
+        if len(filled) > len(rows):
+            return _pooled(self._windowed_scores(filled, progress), owner, len(rows))
+        return self._windowed_scores(filled, progress)
+
+    def _windowed_scores(self, rows: list[dict[str, str]], progress: bool | None = None) -> torch.Tensor:
+        if getattr(self, "truncation", "head") == "chunks":
+            from .chunking import chunk_rows
+
+            windows, owner = chunk_rows(self.model_.encoding, rows)
+            if len(windows) > len(rows):
+                return _pooled(self._raw_scores(windows, progress), owner, len(rows))
+        return self._raw_scores(rows, progress)
+
+    def _raw_scores(self, rows: list[dict[str, str]], progress: bool | None = None) -> torch.Tensor:
         model = self.model_
         encoded = model.encode(rows)
         out = torch.empty(len(rows), len(self.classes_))
@@ -617,12 +700,23 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         ``overrides`` change settings such as ``device`` or ``batch_size``. A different base model,
         or a missing or corrupted file, raises a ``ValueError`` / ``FileNotFoundError`` saying so.
         """
-        return load_classifier(directory, model=model, tokenizer=tokenizer, **overrides)
+        return load_classifier(directory, model=model, tokenizer=tokenizer, cls=cls, **overrides)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels, from ``classes_``."""
         scores = self.decision_function(X)
         return self.classes_[scores.argmax(1)]
+
+
+def _pooled(raw: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:
+    """(N, C) scores of N rows made from n -> (n, C): the mean class log-probabilities of each row's own; a row
+    made into one keeps its scores, whatever else is in the batch."""
+    owner = torch.tensor(owner)
+    counts = torch.bincount(owner, minlength=n)
+    pooled = torch.zeros(n, raw.shape[1], dtype=raw.dtype).index_add(0, owner, raw.log_softmax(-1))
+    pooled /= counts[:, None].to(raw.dtype)
+    first = torch.zeros(n, dtype=torch.long).index_reduce(0, owner, torch.arange(len(owner)), "amin", include_self=False)
+    return torch.where((counts == 1)[:, None], raw[first], pooled)
 
 
 def _model_name(model: Any) -> str:

@@ -70,6 +70,7 @@ def load_tasks(saved: Mapping[str, str], zero_shot: Mapping[str, str] | None = N
 def _joins(clf: Any) -> bool:
     """Can this classifier's rows join a forward with other tasks? (a fitted PromptClassifier, parallel decoding)"""
     return (hasattr(clf, "_finish") and hasattr(clf, "model_") and getattr(clf, "decoding", "parallel") == "parallel"
+            and getattr(clf, "demonstration_pool_", None) is None and getattr(clf, "truncation", "head") != "chunks"
             and clf.model_.joint_key() is not None)
 
 

@@ -42,7 +42,7 @@ _FORMAT = 2
 # settings that are not JSON (loaded objects) or are given again at load time
 _NOT_SAVED = {"model", "tokenizer", "callbacks", "template", "verbalizer", "device", "progress"}
 # settings a load may not change: the saved tensors were trained for them
-_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "prefix_length", "prefix_hidden_size", "lora_rank",
+_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "value_range", "demonstrations", "prefix_length", "prefix_hidden_size", "lora_rank",
                   "lora_alpha", "lora_dropout", "lora_target_modules"}
 _SAMPLES_PER_TENSOR = 64
 
@@ -209,6 +209,7 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
     config = {
         "format": _FORMAT,
         "promptcls_version": __version__,
+        "estimator": type(clf).__name__,
         "template": clf.template_.to_dict(),
         "verbalizer": clf.verbalizer_.to_dict(),
         "params": params,
@@ -218,6 +219,8 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
         "initialised_parameters": list(getattr(clf, "initialised_parameters_", [])),
         "parts": {part.name: part.describe(model) for part in getattr(clf, "parts_", [])},
     }
+    if getattr(clf, "demonstration_pool_", None) is not None:  # the labelled examples demonstrations come from
+        config["demonstration_pool"] = clf.demonstration_pool_.to_dict()
     # fails before anything is written if a setting is not JSON
     text = json.dumps(config, indent=2, default=_json_default, allow_nan=False)
 
@@ -313,7 +316,9 @@ def _replace_parameters(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
             module._parameters[leaf] = new
 
 
-def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: Any = None, **overrides: Any) -> PromptClassifier:
+def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: Any = None, *, cls: Any = None,
+                    **overrides: Any) -> PromptClassifier:
+    """A save loaded as ``cls`` (``PromptClassifier`` or a subclass such as ``PromptRegressor``)."""
     import warnings
 
     from .estimator import PromptClassifier, classes_array
@@ -330,7 +335,11 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     except (SafetensorError, OSError) as e:
         raise _corrupted(weights, str(e)) from None
 
-    known = set(PromptClassifier().get_params())
+    cls = cls or PromptClassifier
+    saved_as = config.get("estimator", "PromptClassifier")
+    if saved_as != cls.__name__:
+        raise ValueError(f"{directory} holds a {saved_as}: load it with {saved_as}.from_pretrained")
+    known = set(cls().get_params())
     fixed = sorted(set(overrides) & _FIXED_AT_LOAD)
     if fixed:
         raise ValueError(
@@ -356,7 +365,7 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     except (ValueError, TypeError, KeyError) as e:
         raise _corrupted(directory / CONFIG_NAME, f"its template or verbalizer does not load: {e}") from None
     try:
-        clf = PromptClassifier(model=model, template=template, verbalizer=verbalizer, tokenizer=tokenizer, **params)
+        clf = cls(model=model, template=template, verbalizer=verbalizer, tokenizer=tokenizer, **params)
     except TypeError as e:
         raise _corrupted(directory / CONFIG_NAME, f"its settings do not load: {e}") from None
     clf._validate()
@@ -366,6 +375,9 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     clf.model_ = clf._build(template, verbalizer, copy_model=False, covered=frozenset(stored))
     for part in clf.parts_:
         part.after_training(clf.model_)  # the save holds the folded form (the prefix without its MLP)
+    # weights the base checkpoint lacked when the save was made are restored from it: not part of the base's
+    # identity, though a model passed in (loaded by someone else) has other random values there
+    clf.initialised_parameters_ = sorted(set(clf.initialised_parameters_) | set(config.get("initialised_parameters", [])))
     got = clf._fingerprint()
     for key, what in (("config_sha256", "config"), ("vocab_sha256", "vocabulary")):
         if got[key] != saved_base[key]:
@@ -398,6 +410,12 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     clf.template_ = template
     clf.verbalizer_ = verbalizer
     clf.classes_ = classes_array(verbalizer)
+    clf.demonstration_pool_ = None
+    if clf.demonstrations:
+        pool = config.get("demonstration_pool")
+        if not isinstance(pool, dict) or not {"rows", "labels"} <= set(pool):
+            raise _corrupted(directory / CONFIG_NAME, "demonstrations are on but it holds no demonstration pool")
+        clf._set_pool(pool["rows"], pool["labels"])
     clf.base_fingerprint_ = got
     clf.trained_parameters_ = list(config["trained_parameters"])
     clf._count_trainable()

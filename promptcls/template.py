@@ -85,7 +85,13 @@ class Soft:
     init: str | None = None
 
 
-Part = Text | Field | Mask | Soft
+@dataclasses.dataclass(frozen=True)
+class Demos:
+    """Where the demonstrations go (LM-BFF's in-context examples): filled by the estimator, never by a column."""
+
+
+DEMOS_KEY = "\x00demonstrations"  # the row key the estimator fills; no column can have this name
+Part = Text | Field | Mask | Soft | Demos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +157,11 @@ def _parse(source: str, where: dict[str, list[int]] | None = None) -> list[list[
             elif body == "SEP":
                 segments.append([])
                 where["sep"].append(i)
+            elif body == "DEMOS":
+                if where.setdefault("demos", []):
+                    raise _error(source, i, "[DEMOS] marks where the demonstrations go: write it once")
+                segments[-1].append(Demos())
+                where["demos"].append(i)
             elif body == "SOFT":
                 segments[-1].append(Soft(1))
             elif m := _SOFT_COUNT.match(body):
@@ -166,7 +177,7 @@ def _parse(source: str, where: dict[str, list[int]] | None = None) -> list[list[
                 raise _error(
                     source,
                     i,
-                    f"unknown slot '[{body}]': expected [MASK], [SOFT], [SOFT*n], [SOFT:words] or [SEP]"
+                    f"unknown slot '[{body}]': expected [MASK], [SOFT], [SOFT*n], [SOFT:words], [SEP] or [DEMOS]"
                     " (write \\[ for a literal bracket)",
                 )
             i = end + 1
@@ -267,6 +278,27 @@ class Template:
     def has_soft_tokens(self) -> bool:
         return bool(self.soft_slots)
 
+    @property
+    def has_demonstrations(self) -> bool:
+        """Does the template mark where demonstrations go (``[DEMOS]``)?"""
+        return any(isinstance(p, Demos) for seg in self.segments for p in seg)
+
+    def demonstration(self, row: Mapping[str, Any], answer: str) -> str:
+        """One demonstration: the template filled from ``row`` with ``answer`` in the slot, as plain text (no soft
+        tokens, no demonstrations, the segments joined by a space)."""
+        out = []
+        for seg in self.segments:
+            pieces = []
+            for part in seg:
+                if isinstance(part, Text):
+                    pieces.append(part.text)
+                elif isinstance(part, Field):
+                    pieces.append(_field_value(row, part.name))
+                elif isinstance(part, Mask):
+                    pieces.append(answer)
+            out.append(re.sub(" {2,}", " ", "".join(pieces)).strip())  # no double space where [DEMOS] was
+        return " ".join(t for t in out if t)
+
     # ------------------------------------------------------------------ rendering
     def render(
         self,
@@ -296,6 +328,9 @@ class Template:
                 elif isinstance(part, Mask):
                     piece = mask_token * n_mask
                     spans.append(Span("mask", None, pos, pos + len(piece)))
+                elif isinstance(part, Demos):  # shortened like a text field when the prompt is too long
+                    piece = str(row.get(DEMOS_KEY, ""))
+                    spans.append(Span("field", DEMOS_KEY, pos, pos + len(piece)))
                 else:
                     piece = mask_token * soft_counts[soft_i]
                     spans.append(Span("soft", str(soft_i), pos, pos + len(piece)))

@@ -167,11 +167,11 @@ class _HeadCache:
     def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
         # batched as scoring is (by length, micro-batched on CPU); rows are put back in input order
         batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device)
-        parts: dict[int, list[torch.Tensor]] = {n: [] for n in model.label_words.groups}
+        parts: dict[int, list[torch.Tensor]] = {n: [] for n in model.slot_widths()}
         with torch.no_grad():
             for idx in batches:
-                for n, batch in model.group_batches([encoded[i] for i in idx]).items():
-                    parts[n].append(model.mask_hidden(batch))
+                for n in parts:
+                    parts[n].append(model.mask_hidden(model.batch([encoded[i] for i in idx], n)))
         placed = torch.tensor([i for idx in batches for i in idx], dtype=torch.long)
         where = torch.empty_like(placed)
         where[placed] = torch.arange(len(placed))
@@ -248,7 +248,7 @@ def train(
         targets = _label_indices(list(y), clf.classes_.tolist()).to(model.device)
     if len(rows) != len(targets):
         raise ValueError(f"X has {len(rows)} rows but there are {len(targets)} labels")
-    encoded = model.encode(rows)
+    encoded = model.encode(clf._demonstrated(rows)[0])  # one draw of demonstrations per example, if asked for
     unlabeled_encoded = model.encode(to_rows(unlabeled, model.template.fields, clf.columns)) if unlabeled is not None else None
     alpha = clf.mlm_loss_weight
     if unlabeled_encoded is not None and alpha is None:
@@ -290,7 +290,7 @@ def train(
         cache = _HeadCache(model, encoded, clf.batch_size)
         # the dev set's mask rows are fixed too; iterative decoding of multi-token words needs the encoder
         if eval_set is not None and (str(getattr(clf.decoding, "value", clf.decoding)) == "parallel" or set(model.label_words.groups) == {1}):
-            eval_cache = _HeadCache(model, model.encode(eval_rows), clf.batch_size)
+            eval_cache = _HeadCache(model, model.encode(clf._demonstrated(eval_rows)[0]), clf.batch_size)
     else:
         model.train()
 

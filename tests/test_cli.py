@@ -260,3 +260,23 @@ def test_predict_rows_of_several_tasks_from_one_file(workdir):
     assert result.returncode != 0 and "has no column 'task' naming each row's task" in result.stderr
     result = run("predict", *tasks, "--saved", workdir / "task-head", "--input", workdir / "mixed.csv")
     assert result.returncode != 0 and "--saved is for one task" in result.stderr
+
+
+def test_soft_verbalizer_and_long_text_options_from_the_command_line(workdir):
+    result = run("train", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+                 "--input", workdir / "reviews.csv", "--column", "text=review", "--epochs", "1", "--quiet",
+                 "--mode", "verbalizer", "--output-dir", workdir / "soft-verbalizer")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((workdir / "soft-verbalizer" / "promptcls_config.json").read_text())
+    assert config["trained_parameters"] == ["soft_verbalizer.bias", "soft_verbalizer.vectors"]
+    long = pd.DataFrame({"review": [" ".join(["the food was nice"] * 10 + ["awful"])]})
+    long.to_csv(workdir / "long.csv", index=False)
+    outputs = {}
+    for truncation in ("head", "tail", "chunks"):
+        result = run("predict", "--saved", workdir / "soft-verbalizer", "--input", workdir / "long.csv", "--column",
+                     "text=review", "--max-length", "12", "--truncation", truncation, "--quiet")
+        assert result.returncode == 0, result.stderr
+        outputs[truncation] = result.stdout
+    assert len(set(outputs.values())) == 3  # three readings of one long text
+    result = run("predict", "--saved", workdir / "soft-verbalizer", "--input", workdir / "long.csv", "--truncation", "mid")
+    assert result.returncode == 2 and "invalid choice: 'mid'" in result.stderr

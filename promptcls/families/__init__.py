@@ -37,21 +37,22 @@ def detect_family(model: Any) -> str:
 
 
 def build_prompt_model(lm: Any, tokenizer: Any, template: Any, verbalizer: Any, *, max_length: int | None = None,
-                       seed: int = 0, family: str = "auto", score_suffix: bool = False, chat_template: bool = False):
+                       seed: int = 0, family: str = "auto", score_suffix: bool = False, chat_template: bool = False,
+                       keep: str = "head"):
     """The prompt model of ``lm``'s family (or the ``family`` given)."""
     family = detect_family(lm) if family == "auto" else family
     if family == "causal":
         from .causal import CausalPromptModel
 
         return CausalPromptModel(lm, tokenizer, template, verbalizer, max_length=max_length, seed=seed,
-                                 score_suffix=score_suffix, chat_template=chat_template)
+                                 score_suffix=score_suffix, chat_template=chat_template, keep=keep)
     if score_suffix or chat_template:
         what = "score_suffix" if score_suffix else "chat_template"
         raise ValueError(f"{what}=True is for causal LMs; {type(lm).__name__} is a masked LM, which reads the whole "
                          "filled prompt at once: leave it False")
     from .masked import PromptModel
 
-    return PromptModel(lm, tokenizer, template, verbalizer, max_length=max_length, seed=seed)
+    return PromptModel(lm, tokenizer, template, verbalizer, max_length=max_length, seed=seed, keep=keep)
 
 
 def joint_class_scores(chunks):

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..prompts import build_soft_prompt
 from ..prompts import soft_counts as prompt_soft_counts
-from ..template import Field, Mask, Soft, Template, TemplateError, Text
+from ..template import DEMOS_KEY, Field, Mask, Soft, Template, TemplateError, Text
 from ..verbalizer import LabelWords, Verbalizer, word_token_ids
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,11 @@ class CausalEncoding:
     """Renders rows to prompt ids for a causal LM: the text before the slot, and (for ``score_suffix``) after it."""
 
     def __init__(self, template: Template, tokenizer: Any, max_length: int, answer_tokens: int,
-                 soft_counts: tuple[int, ...], score_suffix: bool = False, chat_template: bool = False) -> None:
+                 soft_counts: tuple[int, ...], score_suffix: bool = False, chat_template: bool = False,
+                 keep: str = "head") -> None:
+        if keep not in ("head", "tail"):
+            raise ValueError(f"keep={keep!r}: a shortened text keeps its 'head' or its 'tail'")
+        self.keep = keep
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer: load it with use_fast=True")
         self.template = template
@@ -209,7 +213,7 @@ class CausalEncoding:
         return row, encoded
 
     def _shorten(self, row: dict[str, str], i: int, excess: int) -> dict[str, str]:
-        fields = [f for f in self.template.fields if row.get(f)]
+        fields = [f for f in (*self.template.fields, DEMOS_KEY) if row.get(f)]  # demonstrations shorten too
         if not fields:
             raise ValueError(
                 f"row {i}: the template {self.template.source!r} with its answer needs more than "
@@ -219,7 +223,12 @@ class CausalEncoding:
                    for f in fields}
         name = max(fields, key=lambda f: len(enc[f]))
         keep = max(0, len(enc[name]) - excess)
-        row[name] = row[name][: enc[name][keep - 1][1]] if keep else ""
+        if not keep:
+            row[name] = ""
+        elif self.keep == "tail":  # the first tokens go: the text after the last dropped one
+            row[name] = row[name][enc[name][len(enc[name]) - keep - 1][1]:].lstrip()
+        else:
+            row[name] = row[name][: enc[name][keep - 1][1]]
         return row
 
 
@@ -233,7 +242,7 @@ class CausalPromptModel(nn.Module):
 
     def __init__(self, lm: nn.Module, tokenizer: Any, template: Template, verbalizer: Verbalizer | None,
                  max_length: int | None = None, seed: int = 0, score_suffix: bool = False,
-                 chat_template: bool = False) -> None:
+                 chat_template: bool = False, keep: str = "head") -> None:
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
@@ -256,8 +265,9 @@ class CausalPromptModel(nn.Module):
             raise ValueError(f"template {template.source!r} has {sum(soft_counts)} soft tokens, more than "
                              f"max_length={max_length} leaves: use fewer [SOFT] tokens or raise max_length")
         self.encoding = CausalEncoding(template, tokenizer, max_length, answer, soft_counts, self.score_suffix,
-                                       self.chat_template)
+                                       self.chat_template, keep)
         self.kv_prefix = None  # key/value prefixes at every layer (promptcls.parts.prefix), attached by a part
+        self.soft_verbalizer = None  # vectors in place of the label words' output rows (promptcls.parts.soft_verbalizer)
         self.soft_prompt = (build_soft_prompt(lm.get_input_embeddings(), tokenizer, template, seed,
                                               self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
@@ -298,7 +308,7 @@ class CausalPromptModel(nn.Module):
     def joint_key(self) -> tuple | None:
         """What this model's forward shares with another task's in one joint forward (every tensor of the LM);
         None where it cannot join one (key/value prefixes, or a model the one-pass probe turned down)."""
-        if self.kv_prefix is not None or not (self.one_pass and self.shares_cache):
+        if self.kv_prefix is not None or self.soft_verbalizer is not None or not (self.one_pass and self.shares_cache):
             return None
         return ("causal", tuple((n, p.data_ptr()) for n, p in self.lm.named_parameters()))
 
@@ -463,8 +473,42 @@ class CausalPromptModel(nn.Module):
         total = lp.gather(2, targets.to(device)[..., None])[..., 0].masked_fill(~valid.to(device), 0.0).sum(1)
         return total.view(len(encoded), -1)
 
+    def attach_soft_verbalizer(self) -> None:
+        """A soft verbalizer (:mod:`promptcls.parts.soft_verbalizer`) started from the label words' output rows."""
+        from ..parts.soft_verbalizer import from_output_layer
+        from ..views import module_path
+
+        if self.score_suffix:
+            raise ValueError("train_mode 'verbalizer' scores the slot's first token against trained vectors; "
+                             "score_suffix=True scores the text after it too: leave score_suffix=False")
+        out = self.lm.get_output_embeddings()
+        self._output_path = module_path(self.lm, out) if out is not None else None
+        if self._output_path is None:
+            raise ValueError(f"train_mode 'verbalizer' replaces the output layer's rows, but {type(self.lm).__name__} "
+                             "has no output layer of its own: train the prompt instead")
+        first = [ids[0] for ids in self.label_words.token_ids]
+        self.soft_verbalizer = from_output_layer(out, first, type(self.lm).__name__)
+        self.soft_verbalizer.to(self.device)
+
+    def _soft_class_scores(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
+        """(B, C): the soft verbalizer's logits at each prompt's last position, aggregated per class."""
+        from ..views import StandIn, view
+
+        inputs, lengths = self._prefix_batch(encoded)
+        inputs.setdefault("use_cache", False)
+        sv = self.soft_verbalizer
+        lm = view(self.lm, {self._output_path: StandIn(self.lm.get_output_embeddings(), lambda out, x: sv.logits(x))})
+        positions = (lengths - 1)[:, None]
+        if self._keep_rows:
+            logits = lm(**inputs, logits_to_keep=positions).logits
+        else:
+            logits = torch.take_along_dim(lm(**inputs).logits, positions[..., None], dim=1)
+        return self.label_words.aggregate(logits[:, 0].float())  # (B, 1, W) -> (B, C)
+
     def class_scores(self, encoded: Sequence[CausalEncoded], decoding: str = "parallel") -> torch.Tensor:
         """(B, C) class scores. Multi-token words are exact left to right, whatever ``decoding`` says."""
+        if self.soft_verbalizer is not None:
+            return self._soft_class_scores(encoded)
         return self.label_words.aggregate(self.word_scores(encoded))
 
     def relative_class_scores(self, encoded: Sequence[CausalEncoded] | None = None, rows: Any = None) -> torch.Tensor:

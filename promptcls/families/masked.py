@@ -74,6 +74,7 @@ class PromptModel(nn.Module):
         verbalizer: Verbalizer | None,
         max_length: int | None = None,
         seed: int = 0,
+        keep: str = "head",
     ) -> None:
         super().__init__()
         self.mlm = mlm
@@ -93,8 +94,9 @@ class PromptModel(nn.Module):
         max_length = max_length or default_max_length(mlm, tokenizer)
         n_mask = self.label_words.max_tokens if self.label_words is not None else 1
         # checks the template against the tokenizer and max_length before any soft-prompt tensor exists
-        self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts)
+        self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts, keep)
         self.kv_prefix = None  # key/value prefixes at every layer (promptcls.parts.prefix), attached by a part
+        self.soft_verbalizer = None  # vectors in place of the label words' output rows (promptcls.parts.soft_verbalizer)
         self.soft_prompt = (build_soft_prompt(mlm.get_input_embeddings(), tokenizer, template, seed,
                                               self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
@@ -189,10 +191,9 @@ class PromptModel(nn.Module):
         instead of the whole vocabulary. Otherwise this is ``class_scores`` (or ``head_logits`` on
         cached mask ``rows``).
         """
-        if not self.label_vocab_only:
+        if not self.label_vocab_only or self.soft_verbalizer is not None:
             if rows is not None:
-                return self.class_scores_from_words({n: self.word_scores_from_logits(n, self.head_logits(r))
-                                                     for n, r in rows.items()})
+                return self.class_scores_from_rows(rows)
             return self.class_scores(encoded)
         only = self._label_vocab()
         logits = self.head_logits(rows[1], only) if rows is not None else self.mask_logits(self.batch(encoded, 1), only)
@@ -370,8 +371,38 @@ class PromptModel(nn.Module):
         index = ids.T[None].expand(logits.shape[0], -1, -1)  # (B, n, W_n)
         return logits.gather(2, index).sum(1)  # (B, W_n)
 
+    def attach_soft_verbalizer(self) -> None:
+        """A soft verbalizer (:mod:`promptcls.parts.soft_verbalizer`) started from the label words' output rows."""
+        from ..parts.soft_verbalizer import from_output_layer
+
+        if not self.split_head or self._output_path is None or self._output_path.startswith(self._base_path + "."):
+            raise ValueError(f"train_mode 'verbalizer' replaces the output layer's rows, but {type(self.mlm).__name__} "
+                             "does not keep its output layer apart from its encoder: train the head instead")
+        first = [ids[0] for ids in self.label_words.token_ids]
+        self.soft_verbalizer = from_output_layer(self.mlm.get_output_embeddings(), first, type(self.mlm).__name__)
+        self.soft_verbalizer.to(self.device)
+
+    def _soft_output(self) -> dict[str, StandIn]:
+        """A view replacement: the output layer computes the soft verbalizer's (..., W) logits."""
+        sv = self.soft_verbalizer
+        return {self._output_path: StandIn(self.mlm.get_output_embeddings(), lambda out, x: sv.logits(x))}
+
+    def slot_widths(self) -> tuple[int, ...]:
+        """The answer-slot widths a prompt is scored with: one per label-word length (a soft verbalizer: 1)."""
+        return (1,) if self.soft_verbalizer is not None else tuple(self.label_words.groups)
+
+    def class_scores_from_rows(self, rows: dict[int, torch.Tensor]) -> torch.Tensor:
+        """{n: (B, n, H) encoder states at an n-token slot} -> (B, C) class scores; the head alone runs."""
+        if self.soft_verbalizer is not None:
+            return self.label_words.aggregate(self.head_logits(rows[1], self._soft_output())[:, 0].float())
+        return self.class_scores_from_words({n: self.word_scores_from_logits(n, self.head_logits(r))
+                                             for n, r in rows.items()})
+
     def class_scores(self, encoded: Sequence[Encoded], decoding: str = "parallel") -> torch.Tensor:
         """(B, C) class scores for encoded prompts. ``decoding``: ``"parallel"`` or ``"iterative"``."""
+        if self.soft_verbalizer is not None:  # W logits at a one-token slot
+            logits = self.mask_logits(self.batch(encoded, 1), self._soft_output())
+            return self.label_words.aggregate(logits[:, 0].float())
         word_scores = {}
         for n, batch in self.group_batches(encoded).items():
             if decoding == "iterative" and n > 1:
@@ -425,8 +456,7 @@ def joint_class_scores(chunks: Sequence[tuple[PromptModel, Sequence[Encoded]]]) 
     own mask rows only.
     """
     lead = chunks[0][0]
-    pieces = [(t, n, batch) for t, (model, encoded) in enumerate(chunks)
-              for n, batch in model.group_batches(encoded).items()]
+    pieces = [(t, n, model.batch(encoded, n)) for t, (model, encoded) in enumerate(chunks) for n in model.slot_widths()]
     inputs = [chunks[t][0]._model_inputs(batch) for t, _, batch in pieces]
     embed = lead.mlm.get_input_embeddings()
     if any("inputs_embeds" in i for i in inputs):
@@ -446,11 +476,10 @@ def joint_class_scores(chunks: Sequence[tuple[PromptModel, Sequence[Encoded]]]) 
             grow = (0, 0, 0, width - length) if v.dim() == 3 else (0, width - length)
             merged.setdefault(k, []).append(nn.functional.pad(v, grow, value=fill))
     hidden = lead._run_base(lead.mlm.base_model, **{k: torch.cat(v) for k, v in merged.items()})[0]  # (N, L, H)
-    words: list[dict[int, torch.Tensor]] = [{} for _ in chunks]
+    rows: list[dict[int, torch.Tensor]] = [{} for _ in chunks]
     start = 0
     for t, n, batch in pieces:
-        model, size = chunks[t][0], batch["mask_pos"].shape[0]
-        rows = gather_rows(hidden[start:start + size], batch["mask_pos"])  # (B, n, H)
-        words[t][n] = model.word_scores_from_logits(n, model.head_logits(rows))
+        size = batch["mask_pos"].shape[0]
+        rows[t][n] = gather_rows(hidden[start:start + size], batch["mask_pos"])  # (B, n, H)
         start += size
-    return [model.class_scores_from_words(w) for (model, _), w in zip(chunks, words)]
+    return [model.class_scores_from_rows(r) for (model, _), r in zip(chunks, rows)]

@@ -17,6 +17,8 @@ copied in: a part's options are ordinary ``PromptClassifier`` parameters.
 part        trains                                            forward change
 ==========  ================================================  ==========================
 head        the family's own head (MLM transform, bias)       none
+verbalizer  a vector and bias per label word (WARP)           the output layer's label-word
+                                                              rows, replaced
 prompt      the template's soft tokens (and P-tuning encoder) spliced input embeddings
 prefix      key/value prefixes at every layer (P-tuning v2)   pre-filled key/value cache
 lora        low-rank updates of the blocks' linear layers     ``peft`` LoRA layers
@@ -71,11 +73,12 @@ def _classes() -> dict[str, type[Part]]:
     from .lora import IA3Part, LoraPart
     from .prefix import PrefixPart
     from .soft_prompt import SoftPromptPart
+    from .soft_verbalizer import SoftVerbalizerPart
 
-    return {c.name: c for c in (HeadPart, SoftPromptPart, PrefixPart, LoraPart, IA3Part, FullPart)}
+    return {c.name: c for c in (HeadPart, SoftVerbalizerPart, SoftPromptPart, PrefixPart, LoraPart, IA3Part, FullPart)}
 
 
-PART_NAMES = ("head", "prompt", "prefix", "lora", "ia3", "full")  # the canonical order in a train_mode string
+PART_NAMES = ("head", "verbalizer", "prompt", "prefix", "lora", "ia3", "full")  # the canonical order in a train_mode string
 
 # pairs that do not compose, and why
 _CLASHES = {
