@@ -122,11 +122,18 @@ def load(port: int, n_clients: int, n_requests: int, n_tasks: int) -> dict:
             "p99_ms": q(0.99), "errors": len(errors), "first_error": errors[0][1].decode() if errors else None}
 
 
+def stats(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/readyz")
+    return json.loads(conn.getresponse().read())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=512, help="requests per run (one text each)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms")
     parser.add_argument("--rounds", type=int, default=3, help="direct scoring: passes (the median is reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of direct scoring (and the server's)")
     parser.add_argument("--server-threads", type=int, nargs="+",
@@ -154,7 +161,7 @@ def main(argv=None) -> int:
         base = json.loads(done.stdout.strip().splitlines()[-1])["texts_per_s"]
         for threads in args.server_threads or [args.threads]:
             port = free_port()
-            cmd = [sys.executable, "-m", "promptcls", "serve", "--port", str(port), "--max-batch", "64", "--max-wait-ms", "5",
+            cmd = [sys.executable, "-m", "promptcls", "serve", "--port", str(port), "--max-batch", "64", "--max-wait-ms", str(args.max_wait_ms),
                    "--max-queue", "1024", "--threads", str(threads),
                    *[a for i, p in enumerate(saves[:n]) for a in ("--saved", f"t{i}={p}")]]
             server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -173,8 +180,12 @@ def main(argv=None) -> int:
                     time.sleep(0.5)
                 load(port, 4, 64, n)  # warm-up
                 for clients in args.clients:
+                    before = stats(port)
                     row = {"tasks": n, "server_threads": threads,
                            **load(port, clients, args.requests, n), "direct_texts_per_s": base}
+                    after = stats(port)
+                    row["mean_batch"] = (after["rows_scored"] - before["rows_scored"]) / max(1, after["batches"]
+                                                                                            - before["batches"])
                     row["vs_direct"] = row["texts_per_s"] / base
                     results.append(row)
                     print(json.dumps(row), flush=True)
@@ -193,7 +204,7 @@ def write(rows: list[dict], args) -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/serve_load.py" + (f" --tasks {' '.join(map(str, args.tasks))}" if args.tasks != [1, 4]
+    command = "python benchmarks/serve_load.py" + (f" --max-wait-ms {args.max_wait_ms:g}" if args.max_wait_ms != 5 else "") + (f" --tasks {' '.join(map(str, args.tasks))}" if args.tasks != [1, 4]
                                                    else "") + (f" --server-threads {' '.join(map(str, args.server_threads))}"
                                                                if args.server_threads else "")
     meta = {"command": command, "cpu": platform.processor() or platform.machine(), "threads": args.threads,
@@ -206,12 +217,12 @@ def write(rows: list[dict], args) -> None:
         f"{args.requests} requests of one SST-2 test sentence; with several tasks the requests name them in turn, "
         "so the server's batches mix tasks (`benchmarks/serve_load.py` says how). `direct`: the same texts scored "
         "in one in-process call, batched by length (batch size 32).", "",
-        "| tasks | server threads | clients | texts/s | p50 (ms) | p99 (ms) | errors | direct texts/s | vs direct |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tasks | server threads | clients | texts/s | p50 (ms) | p99 (ms) | errors | rows per batch | direct texts/s | vs direct |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['tasks']} | {r['server_threads']} | {r['clients']} | {r['texts_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{r['errors']} | {r['direct_texts_per_s']:.0f} | {r['vs_direct']:.2f}x |")
+                     f"{r['errors']} | {r['mean_batch']:.1f} | {r['direct_texts_per_s']:.0f} | {r['vs_direct']:.2f}x |")
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for n, threads in dict.fromkeys((r["tasks"], r["server_threads"]) for r in rows):

@@ -61,6 +61,7 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self._closed = threading.Event()
+        self.batches = self.rows_scored = 0  # counters: how well requests are gathered
         self._thread = threading.Thread(target=self._work, name="promptcls-batcher", daemon=True)
         self._thread.start()
 
@@ -122,6 +123,8 @@ class Batcher:
 
     def _score(self, batch: list[_Request]) -> None:
         """Every request of the batch in one ``TaskSet`` call: the rows of tasks that join share each forward."""
+        self.batches += 1
+        self.rows_scored += sum(len(r.rows) for r in batch)
         by_task: dict[str, list[_Request]] = {}
         for request in batch:
             by_task.setdefault(request.task, []).append(request)
@@ -195,7 +198,8 @@ def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait:
         batcher = state.get("batcher")
         if batcher is None or not batcher.running:
             return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "tasks": len(classifiers)}
+        return {"status": "ready", "tasks": len(classifiers), "batches": batcher.batches,
+                "rows_scored": batcher.rows_scored}
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:

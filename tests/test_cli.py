@@ -230,6 +230,8 @@ def test_serve_checks_its_tasks_before_loading(workdir):
     assert result.returncode != 0 and "--zero-shot needs --model" in result.stderr
     result = run("serve", "--model", workdir / "tiny", "--zero-shot", "s=nosuchtask")
     assert result.returncode != 0 and "'nosuchtask' is not a catalogue task" in result.stderr
+    result = run("serve", "--model", workdir / "tiny", "--zero-shot", "s=sst2", "--threads", "0")
+    assert result.returncode != 0 and "--threads must be at least 1, got 0" in result.stderr
 
 
 def test_predict_rows_of_several_tasks_from_one_file(workdir):
