@@ -12,7 +12,8 @@ the dev set (``eval_set``); test (at most ``--max-test`` examples) is scored onc
 ``demonstrations`` (SST-2, CR, RTE)
     MiniLM: ``head`` without demonstrations, with ``random`` and with ``similar`` ones (one per class from the
     16-shot train set). SmolLM2: zero-shot without and with demonstrations (in-context learning, no training),
-    averaged over 4 draws at test.
+    averaged over 4 draws at test, and random ones with contextual calibration (content-free inputs with the
+    same demonstrations).
 ``regression`` (STS-B, scores in [0, 5])
     ``PromptRegressor`` between "No" and "Yes": zero-shot, and trained (MiniLM ``head``, SmolLM2 ``prompt``);
     Pearson and Spearman correlation on test. The dev set picks the epoch by its loss-free proxy (the last
@@ -55,7 +56,8 @@ METHODS = {
     ("minilm", "verbalizers"): ("head", "head+verbalizer"),
     ("smollm2", "verbalizers"): ("zero-shot", "prompt", "prompt+verbalizer"),
     ("minilm", "demonstrations"): ("head", "head, random demos", "head, similar demos"),
-    ("smollm2", "demonstrations"): ("zero-shot", "zero-shot, random demos", "zero-shot, similar demos"),
+    ("smollm2", "demonstrations"): ("zero-shot", "zero-shot, random demos", "zero-shot, similar demos",
+                                    "zero-shot, random demos, calibrated"),
     ("minilm", "regression"): ("zero-shot", "head"),
     ("smollm2", "regression"): ("zero-shot", "prompt"),
     ("minilm", "imbalance"): ("full", "full, class_weight=balanced", "full, sampling=balanced"),
@@ -138,6 +140,8 @@ def run_one(model: str, experiment: str, task: str, seed: int, method: str, args
         extra["class_weight"] = "balanced"
     if "sampling" in method:
         extra["sampling"] = "balanced"
+    if "calibrated" in method:
+        extra["calibration"] = True
     fields = [c for c in train.columns if c != "label"]
     clf = PromptClassifier(lm, template, words, train_mode=mode, **common, **extra)
     if mode == "none":
@@ -160,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=["minilm", "smollm2"], required=True)
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--tasks", nargs="+", help="only these of each experiment's tasks")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-test", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
@@ -178,6 +183,8 @@ def main(argv=None) -> int:
     started = time.time()
     for experiment in args.experiments:
         for task in EXPERIMENTS[experiment]:
+            if args.tasks and task not in args.tasks:
+                continue
             for seed in args.seeds:
                 for method in METHODS[(args.model, experiment)]:
                     if (experiment, task, seed, method) in done:

@@ -10,9 +10,10 @@ given (its pool), chosen
   of mean-pooled sentence embeddings from the classifier's own encoder (LM-BFF uses SBERT; with the offline
   all-MiniLM-L6-v2 the two are the same model).
 
-An example is never its own demonstration (a pool row equal to the row being scored is skipped). Draws are
-seeded by the classifier's seed, the set number and the row's text: a row gets the same demonstrations in
-any batch. At prediction the class log-probabilities are averaged over ``demonstration_sets`` draws; each
+An example is never its own demonstration (a pool row equal to the row being scored is skipped). Each draw
+puts its examples in a random order (in a fixed class order a causal LM favours the class it saw last, Zhao
+et al. 2021's recency bias). Draws are seeded by the classifier's seed, the set number and the row's text: a
+row gets the same demonstrations in any batch. At prediction the class log-probabilities are averaged over ``demonstration_sets`` draws; each
 training example keeps one draw for the whole fit.
 """
 
@@ -85,7 +86,8 @@ class DemonstrationPool:
                     if similar is not None:
                         candidates = sorted(candidates, key=lambda j: -similar[i, j])[: max(1, len(candidates) // 2)]
                     picks.append(self.texts[candidates[int(rng.integers(len(candidates)))]])
-                out.append({**row, DEMOS_KEY: self.separator.join(picks)})
+                order = rng.permutation(len(picks))  # in a fixed class order the last class would win (recency)
+                out.append({**row, DEMOS_KEY: self.separator.join(picks[k] for k in order)})
                 owner.append(i)
         return out, owner
 

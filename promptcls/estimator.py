@@ -709,14 +709,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
 
 
 def _pooled(raw: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:
-    """(N, C) scores of N rows made from n -> (n, C): the mean class log-probabilities of each row's own; a row
-    made into one keeps its scores, whatever else is in the batch."""
+    """(N, C) scores of N rows made from n (``owner``: nondecreasing, each row's made rows together) -> (n, C): the
+    mean class log-probabilities of each row's own; a row made into one keeps its scores, whatever else is in
+    the batch."""
     owner = torch.tensor(owner)
     counts = torch.bincount(owner, minlength=n)
     pooled = torch.zeros(n, raw.shape[1], dtype=raw.dtype).index_add(0, owner, raw.log_softmax(-1))
     pooled /= counts[:, None].to(raw.dtype)
-    first = torch.zeros(n, dtype=torch.long).index_reduce(0, owner, torch.arange(len(owner)), "amin", include_self=False)
-    return torch.where((counts == 1)[:, None], raw[first], pooled)
+    first = torch.cumsum(counts, 0) - counts  # each row's made rows are contiguous, in order
+    return torch.where((counts == 1)[:, None], raw[first.clamp(max=len(owner) - 1)], pooled)
 
 
 def _model_name(model: Any) -> str:
