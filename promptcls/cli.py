@@ -584,6 +584,7 @@ def _predict_tasks(args) -> None:
 
     import pandas as pd
 
+    from .estimator import _plain
     from .multitask import TaskSet, load_tasks
 
     settings = {k: v for k, v in _settings(args).items() if k != "progress"}
@@ -681,10 +682,6 @@ def write_predictions(args, frames, score) -> int:
             dist.barrier()  # the parts are joined before any process removes its own
             n = sum(rows for _, rows in everyone)
     return n
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def best_dev_epoch(clf: Any) -> tuple[int, float] | None:
