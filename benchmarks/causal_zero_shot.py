@@ -91,10 +91,9 @@ def main(argv=None) -> int:
     rows, skipped = [], []
     if args.resume and Path(f"{args.out}_runs.json").is_file():
         earlier = json.loads(Path(f"{args.out}_runs.json").read_text())
-        if earlier["meta"]["max_test"] != args.max_test:
-            parser.error(f"--resume: {args.out}_runs.json was run with --max-test {earlier['meta']['max_test']}, "
-                         f"not {args.max_test}; give another --out or the same --max-test")
         rows, started = earlier["rows"], started - 60 * earlier["meta"]["minutes"]
+        for r in rows:  # rows of files written before the size was kept per row
+            r.setdefault("max_test", earlier["meta"]["max_test"])
     for task in args.tasks:
         train, dev, test = load_task(task, 13, max_test=args.max_test)
         pool = pd.concat([train, dev], ignore_index=True)
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
             row = {
                 "task": task, "variant": name, "verbalizer": words_name, "family": spec.get("family", "masked"),
                 "score_suffix": bool(suffix), "default_causal": name == default_causal,
-                "n_test": len(test), "n_dev": len(pool),
+                "n_test": len(test), "max_test": args.max_test, "n_dev": len(pool),
                 "test": accuracy(test_scores, test["label"].to_numpy(dtype=object), classes),
                 "test_calibrated": accuracy(calibrate(test_scores, free), test["label"].to_numpy(dtype=object), classes),
                 "dev": accuracy(dev_scores, pool["label"].to_numpy(dtype=object), classes),
@@ -153,6 +152,7 @@ def main(argv=None) -> int:
 def write_report(rows, args, started, skipped=()) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    sizes = sorted({r.get("max_test", args.max_test) for r in rows} | {args.max_test})
     meta = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
             "minutes": round((time.time() - started) / 60, 1), "max_test": args.max_test,
             "command": f"python benchmarks/causal_zero_shot.py --max-test {args.max_test}"
@@ -163,8 +163,11 @@ def write_report(rows, args, started, skipped=()) -> None:
     lines = [
         "# Zero-shot accuracy of SmolLM2-135M-Instruct (causal LM)", "",
         f"Command: `{meta['command']}` ({meta['minutes']} min on {meta['threads']} threads, {meta['cpu']}). Test sets "
-        f"of at most {args.max_test} examples (`benchmarks/data.py`, a fixed subsample). Accuracy in %; `cal.`: "
-        "contextual calibration from the same scores. `dev`: the seed-13 16-shot train + dev examples.", "",
+        f"of at most {args.max_test} examples (`benchmarks/data.py`, a fixed subsample)"
+        + (f"; rows kept from earlier invocations ran at most {' or '.join(map(str, sizes))} (the `n test` column "
+           "gives each row's size; dev is the same for all)" if len(sizes) > 1 else "")
+        + ". Accuracy in %; `cal.`: contextual calibration from the same scores. `dev`: the seed-13 16-shot train + "
+        "dev examples.", "",
         "## Per task: the Calibrate-Before-Use prompt, the dev choice, LM-BFF's published zero-shot", "",
         "The catalogue's `default_causal` is the dev-chosen template variant of this table (`cbu` was the "
         "default before the run); `(default_causal)` in the second table marks the variant that was the default "
@@ -196,6 +199,9 @@ def write_report(rows, args, started, skipped=()) -> None:
                   "catalogue variants were not run."]
     if skipped:
         lines += ["", f"Not run (text fields after the slot; `--all-variants` runs them): {', '.join(skipped)}."]
+    note = Path(f"{out}_note.md")  # how the file was made, when it took several invocations: kept across reruns
+    if note.is_file():
+        lines += ["", note.read_text().strip()]
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
 
 

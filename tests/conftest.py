@@ -152,6 +152,13 @@ def make_model(family: str, tokenizer) -> torch.nn.Module:
             vocab_size=vocab, max_position_embeddings=128, pad_token_id=pad, relative_attention=True,
             position_buckets=16, pos_att_type=["p2c", "c2p"], type_vocab_size=2, **TINY,
         )
+    elif family == "modernbert":  # alternating global and sliding-window (local) attention, rotary positions
+        config = transformers.ModernBertConfig(
+            vocab_size=vocab, max_position_embeddings=128, pad_token_id=pad, bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id, cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id, global_attn_every_n_layers=2, local_attention=4,
+            hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37,
+        )
     elif family == "electra":
         config = transformers.ElectraConfig(
             vocab_size=vocab, embedding_size=16, max_position_embeddings=128, pad_token_id=pad, **TINY
@@ -168,10 +175,10 @@ def make_model(family: str, tokenizer) -> torch.nn.Module:
     return model.eval()
 
 
-FAMILIES = ["bert", "roberta", "albert", "distilbert", "deberta-v2", "electra"]
+FAMILIES = ["bert", "roberta", "albert", "distilbert", "deberta-v2", "electra", "modernbert"]
 TOKENIZER_OF = {
     "bert": "wordpiece", "distilbert": "wordpiece", "electra": "wordpiece",
-    "roberta": "bpe", "albert": "unigram", "deberta-v2": "unigram",
+    "roberta": "bpe", "albert": "unigram", "deberta-v2": "unigram", "modernbert": "bpe",
 }
 
 

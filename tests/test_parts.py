@@ -174,13 +174,90 @@ def test_masked_prefix_scores_equal_a_plain_forward_with_the_prefix_cache(bert):
         np.testing.assert_allclose(got[i], row, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["albert", "deberta-v2"])
-def test_a_model_without_a_key_value_cache_cannot_take_prefixes(tokenizers, _models, family):
+def test_a_model_whose_attention_takes_neither_a_cache_nor_the_interface_cannot_take_prefixes(tokenizers, _models):
+    model = _models["deberta-v2"]  # disentangled attention: its own scores, not transformers' attention functions
+    implementation = model.config._attn_implementation
+    with pytest.raises(ValueError, match="DebertaV2ForMaskedLM cannot take key/value prefixes: .*attention interface"
+                                         ".*'lora'"):
+        fit(model, tokenizers["unigram"], "{text} It was [MASK].", "prefix")
+    assert model.config._attn_implementation == implementation  # left as it was
+
+
+# ---------------------------------------------------------------------- prefixes through the attention interface
+@pytest.fixture(scope="module")
+def modernbert(tokenizers):
+    from conftest import make_model
+
+    return make_model("modernbert", tokenizers["bpe"]), tokenizers["bpe"]
+
+
+def test_the_attention_route_gives_the_cache_routes_scores(bert):
+    """BERT takes both: the same prefixes through the attention interface score as through a cache."""
+    model, tokenizer = bert
+    clf = fit(copy.deepcopy(model), tokenizer, "{text} It was [MASK].", "prefix", prefix_length=4)
+    assert clf.model_.kv_prefix.route == "cache"
+    by_cache = clf.decision_function(X)
+    clf.model_.kv_prefix.route = "attention"
+    by_attention = clf.decision_function(X)
+    np.testing.assert_allclose(by_attention, by_cache, atol=1e-5, rtol=0)
+    assert clf.model_.lm.config._attn_implementation == "promptcls_prefix_sdpa"
+
+
+@pytest.mark.parametrize("family", ["albert", "modernbert"])
+def test_encoders_without_a_cache_take_prefixes_through_their_attention(tokenizers, _models, modernbert, family, tmp_path):
     from conftest import TOKENIZER_OF
 
-    model = _models[family]
-    with pytest.raises(ValueError, match=f"{type(model).__name__} cannot take key/value prefixes: .*'lora'"):
-        fit(model, tokenizers[TOKENIZER_OF[family]], "{text} It was [MASK].", "prefix")
+    model, tokenizer = modernbert if family == "modernbert" else (_models[family], tokenizers[TOKENIZER_OF[family]])
+    model = copy.deepcopy(model)
+    template = "{text} It was [MASK]."
+    other = zero_shot(model, tokenizer, template)  # shares the model with the prefix task below
+    base = other.decision_function(X)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    clf = fit(model, tokenizer, template, "prefix", prefix_length=3, learning_rate=1e-2)
+    assert clf.model_.kv_prefix.route == "attention"
+    kv = clf.model_.kv_prefix.values()
+    assert tuple(kv.shape) == prefix_shape(model.config, 3)  # ALBERT: one prefix per pass of its shared layer
+    rows = clf.model_.encode([{"text": x} for x in X])
+    with torch.no_grad():  # hidden, the prefix leaves the base model's scores; shown, it moves them
+        clf.model_.kv_prefix.visible = False
+        np.testing.assert_allclose(clf.model_.class_scores(rows).numpy(), base, atol=1e-5, rtol=0)
+        clf.model_.kv_prefix.visible = True
+    got = clf.decision_function(X)
+    assert not np.allclose(got, base, atol=1e-4, rtol=0)
+    one = np.stack([clf.decision_function([x])[0] for x in X])
+    np.testing.assert_allclose(got, one, atol=1e-5, rtol=0)  # padding: mask columns are right
+    np.testing.assert_allclose(other.decision_function(X), base, atol=1e-6, rtol=0)  # others pass through unchanged
+    assert set(clf.trained_parameters_) == {"kv_prefix.prefix"}
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    # the trainer takes the prefix alone, and the loss's gradient reaches it through the wrapped attention
+    from promptcls.training import trainable_parameters
+
+    model_side, prompt_side = trainable_parameters(clf.model_, clf.parts_)
+    assert set(model_side) | set(prompt_side) == {"kv_prefix.prefix"}
+    prefix = clf.model_.kv_prefix.prefix
+    prefix.requires_grad_(True)
+    clf.model_.class_scores(rows).logsumexp(-1).sum().backward()
+    assert bool(prefix.grad.abs().sum() > 0) and bool(prefix.grad[-1].abs().sum() > 0)  # the last layer's too
+    prefix.grad = None
+    prefix.requires_grad_(False)
+    clf.save_pretrained(tmp_path / "saved")
+    stored = load_file(tmp_path / "saved" / "trained.safetensors")
+    stored.pop("calibration", None)
+    assert {k: tuple(v.shape) for k, v in stored.items()} == {"kv_prefix.prefix": prefix_shape(model.config, 3)}
+    loaded = PromptClassifier.from_pretrained(tmp_path / "saved", model=model, tokenizer=tokenizer)
+    np.testing.assert_array_equal(loaded.decision_function(X), got)
+    assert model.config._attn_implementation == "sdpa"  # the caller's model keeps its own attention
+
+
+def test_a_switched_attention_implementation_is_switched_back(tokenizers, _models):
+    """A user who sets the model's attention afterwards does not silently lose the prefixes."""
+    model = copy.deepcopy(_models["albert"])
+    clf = fit(model, tokenizers["unigram"], "{text} It was [MASK].", "prefix", prefix_length=3, learning_rate=1e-2)
+    got = clf.decision_function(X)
+    clf.model_.lm.set_attn_implementation("eager")
+    np.testing.assert_allclose(clf.decision_function(X), got, atol=1e-5, rtol=0)
+    assert clf.model_.lm.config._attn_implementation == "promptcls_prefix_eager"
 
 
 # ---------------------------------------------------------------------- gradients and saves

@@ -287,6 +287,11 @@ class PromptModel(nn.Module):
         """
         if self.kv_prefix is None:
             return base(*args, **kwargs)
+        if self.kv_prefix.route == "attention":  # an encoder that takes no cache: through its attention interface
+            from ..parts.prefix import prefixed_attention
+
+            with prefixed_attention(self.mlm, self.kv_prefix.values(), self.kv_prefix.visible):
+                return base(*args, **kwargs)
         cache_name, path, embeddings = self._prefix_plumbing()
         mask = kwargs["attention_mask"]  # (B, L), 1 = a real token
         b, length = mask.shape

@@ -18,14 +18,28 @@ clear error.
 a zero-initialised last layer (so training starts at ``start``); after training it is folded into one
 tensor and the save holds only the prefixes, (layers, 2, key/value heads, prefix_length, head size).
 
+Encoders whose forward takes no cache (ALBERT, ModernBERT in this transformers version) get their prefixes
+through transformers' attention interface instead (``route == "attention"``): the model's attention
+implementation becomes a registered wrapper of the one it had (``sdpa`` or ``eager``) that, during a
+prefixed forward of the calling thread only, puts each layer's prefix keys and values before the layer's
+own and widens its attention mask by the prefix columns. Outside such a forward the wrapper calls the
+original function unchanged, so other classifiers sharing the model score as before. Layers are counted
+per forward, so ALBERT's one shared layer gets a prefix for each of its passes. A model whose attention
+does not go through the interface (DeBERTa-v2's disentangled attention) gets a clear error.
+
 With a prefix the encoder's output changes as it trains, so head-only caching does not apply: every
 step runs the encoder again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import logging
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,7 +49,7 @@ from . import Part
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeepPrefix", "PrefixPart", "prefix_shape"]
+__all__ = ["DeepPrefix", "PrefixPart", "prefix_shape", "prefixed_attention"]
 
 
 def prefix_shape(config: Any, length: int) -> tuple[int, int, int, int, int]:
@@ -54,6 +68,7 @@ class DeepPrefix(nn.Module):
         super().__init__()
         self.config = config
         self.visible = True  # False: the prefix columns are masked (the probe)
+        self.route = "cache"  # or "attention": through the attention interface (encoders that take no cache)
         self.mlp: nn.Sequential | None = None
         if hidden_size:
             generator = torch.Generator().manual_seed(seed)
@@ -105,6 +120,116 @@ class DeepPrefix(nn.Module):
         return torch.full((batch, self.length), int(self.visible), dtype=like.dtype, device=like.device)
 
 
+# ---------------------------------------------------------------------- prefixes through the attention interface
+_WRAPPER = "promptcls_prefix_"  # + the implementation it wraps
+_ACTIVE = threading.local()  # the prefixed forward running in this thread, if any
+
+
+class _PrefixedForward:
+    """One forward's state: the prefixes, whether they are visible, the layer count; or, with ``record``, the
+    keys and values each layer computes (a prefix's start)."""
+
+    def __init__(self, kv: torch.Tensor | None, visible: bool = True, record: bool = False) -> None:
+        self.kv, self.visible, self.record = kv, visible, record
+        self.layers = 0
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def _original_attention(name: str, module: nn.Module) -> Any:
+    if name == "sdpa":
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS["sdpa"]
+    return sys.modules[type(module).__module__].eager_attention_forward  # the model's own eager attention
+
+
+def _widened(mask: torch.Tensor | None, length: int, visible: bool, query: torch.Tensor,
+             key: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask with ``length`` prefix columns in front: visible, or hidden (the probe)."""
+    if mask is None:
+        if visible:
+            return None
+        mask = torch.ones(1, 1, query.shape[2], key.shape[2], dtype=torch.bool, device=query.device)
+    if mask.dtype == torch.bool:
+        fill: Any = visible
+    else:
+        fill = 0.0 if visible else torch.finfo(mask.dtype).min
+    return torch.cat([mask.new_full((*mask.shape[:-1], length), fill), mask], -1)
+
+
+def _wrapper(original: str) -> Any:
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
+        inner = _original_attention(original, module)
+        call = getattr(_ACTIVE, "forward", None)
+        if call is None:
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        layer = call.layers
+        call.layers += 1
+        if call.record:
+            call.recorded.append((key.detach(), value.detach()))
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        if layer >= call.kv.shape[0]:
+            raise ValueError(f"{type(module).__name__} ran attention more often than its config's "
+                             f"{call.kv.shape[0]} layers: it cannot take key/value prefixes")
+        b = key.shape[0]
+        keys = call.kv[layer, 0].to(key.dtype)[None].expand(b, -1, -1, -1)  # (B, heads, P, head size)
+        values = call.kv[layer, 1].to(value.dtype)[None].expand(b, -1, -1, -1)
+        mask = _widened(attention_mask, keys.shape[2], call.visible, query, key)
+        return inner(module, query, torch.cat([keys, key], 2), torch.cat([values, value], 2), mask, **kwargs)
+
+    return attention
+
+
+def _use_prefix_attention(lm: nn.Module) -> None:
+    """Switch ``lm`` to the pass-through wrapper of its attention implementation (once)."""
+    current = lm.config._attn_implementation
+    if str(current).startswith(_WRAPPER):
+        return
+    name = type(lm).__name__
+    if not getattr(lm, "_supports_attention_backend", False):
+        raise ValueError(f"{name} cannot take key/value prefixes: its encoder takes no key/value cache and its "
+                         "attention does not go through transformers' attention interface; use "
+                         "train_mode='prompt' (soft tokens) or 'lora' instead")
+    if current not in ("sdpa", "eager"):
+        raise ValueError(f"{name} uses attn_implementation={current!r}; key/value prefixes on a model without a "
+                         "key/value cache need 'sdpa' or 'eager': load it with attn_implementation='sdpa'")
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    wrapped = _WRAPPER + current
+    old = lm.config  # our copy of the module tree gets its own config: the caller's model keeps its attention
+    new = copy.deepcopy(old)
+    for module in lm.modules():
+        if getattr(module, "config", None) is old:
+            module.config = new
+    if wrapped not in AttentionInterface._global_mapping:
+        AttentionInterface.register(wrapped, _wrapper(current))
+        AttentionMaskInterface.register(wrapped, ALL_MASK_ATTENTION_FUNCTIONS[current])  # the masks it had
+    lm.set_attn_implementation(wrapped)
+    if lm.config._attn_implementation != wrapped:
+        raise ValueError(f"{name} cannot take key/value prefixes: it did not take the attention implementation "
+                         f"{wrapped!r}; use train_mode='prompt' (soft tokens) or 'lora' instead")
+
+
+@contextlib.contextmanager
+def prefixed_attention(lm: nn.Module, kv: torch.Tensor | None = None, visible: bool = True,
+                       record: bool = False) -> Iterator[_PrefixedForward]:
+    """A forward of ``lm`` in this thread, inside the block, attends to the prefixes ``kv`` (layers, 2, heads,
+    P, head size); with ``record`` it records each layer's keys and values instead. Afterwards the number
+    of attention calls is checked against the prefix's layers."""
+    _use_prefix_attention(lm)  # again each time: a user may have switched the implementation since
+    call, earlier = _PrefixedForward(kv, visible, record), getattr(_ACTIVE, "forward", None)
+    _ACTIVE.forward = call
+    try:
+        yield call
+    finally:
+        _ACTIVE.forward = earlier
+    if kv is not None and call.layers != kv.shape[0]:
+        raise ValueError(f"{type(lm).__name__} ran attention {call.layers} times in one forward, not once for each of "
+                         f"its {kv.shape[0]} layers: it cannot take key/value prefixes")
+
+
 def cache_argument(module: nn.Module) -> str | None:
     """The name under which ``module.forward`` takes a key/value cache, or None."""
     params = inspect.signature(module.forward).parameters
@@ -122,14 +247,18 @@ class PrefixPart(Part):
         hidden = self.options.get("prefix_hidden_size")
         lm = model.lm
         target = lm if model.family == "causal" else getattr(lm, "base_model", None)
+        route = "cache"
         if target is None or cache_argument(target) is None:
-            raise ValueError(
-                f"{type(lm).__name__} cannot take key/value prefixes: its {'model' if target is lm else 'encoder'} "
-                "takes no key/value cache in this transformers version; use train_mode='prompt' (soft tokens) or "
-                "'lora' instead"
-            )
-        start = self._start(model, length)
+            if model.family == "causal" or target is None:
+                raise ValueError(
+                    f"{type(lm).__name__} cannot take key/value prefixes: its model takes no key/value cache in this "
+                    "transformers version; use train_mode='prompt' (soft tokens) or 'lora' instead"
+                )
+            route = "attention"
+            _use_prefix_attention(lm)  # a clear error where the attention interface is not there either
+        start = self._start(model, length, route)
         model.kv_prefix = DeepPrefix(start, lm.config, hidden, seed=int(self.options.get("seed", 0))).to(model.device)
+        model.kv_prefix.route = route
         try:
             ok = self._probe(model)
         except Exception as e:  # an attention that does not read a pre-filled cache the way a decoder does
@@ -144,7 +273,7 @@ class PrefixPart(Part):
             )
 
     @torch.no_grad()
-    def _start(self, model: nn.Module, length: int) -> torch.Tensor:
+    def _start(self, model: nn.Module, length: int, route: str = "cache") -> torch.Tensor:
         """The model's keys and values of ``length`` sampled ordinary tokens, (layers, 2, heads, P, head size)."""
         from transformers import DynamicCache
 
@@ -156,15 +285,21 @@ class PrefixPart(Part):
         ids = ordinary[torch.randint(len(ordinary), (1, length), generator=generator)].to(model.device)
         lm = model.lm
         target = lm if model.family == "causal" else lm.base_model
-        cache = DynamicCache(config=lm.config)
         was_training = lm.training
         lm.eval()
         try:
-            target(input_ids=ids, attention_mask=torch.ones_like(ids), **{cache_argument(target): cache}, use_cache=True)
+            if route == "attention":
+                with prefixed_attention(lm, record=True) as call:
+                    target(input_ids=ids, attention_mask=torch.ones_like(ids))
+                layers = call.recorded
+            else:
+                cache = DynamicCache(config=lm.config)
+                target(input_ids=ids, attention_mask=torch.ones_like(ids), **{cache_argument(target): cache},
+                       use_cache=True)
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
         finally:
             lm.train(was_training)
         shape = prefix_shape(lm.config, length)
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
         if len(layers) != shape[0]:
             raise ValueError(f"{type(lm).__name__} filled {len(layers)} cache layers, not {shape[0]}: it cannot take "
                              "key/value prefixes; use train_mode='prompt' or 'lora'")
@@ -206,4 +341,5 @@ class PrefixPart(Part):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         return {"prefix_length": model.kv_prefix.length, "shape": list(model.kv_prefix.values().shape),
+                "route": model.kv_prefix.route,
                 "prefix_hidden_size (folded after training)": self.options.get("prefix_hidden_size")}
