@@ -1141,6 +1141,9 @@ def _add_part_options(g) -> None:
     g.add_argument("--prefix-length", type=int, default=16, help="--mode prefix: key/value pairs per layer")
     g.add_argument("--prefix-hidden-size", type=int,
                    help="--mode prefix: train through an MLP of this width, folded away after training (Li and Liang)")
+    g.add_argument("--proto-dim", type=int, default=64, help="--mode proto: the width of the prototypes' space")
+    g.add_argument("--proto-ensemble", action="store_true",
+                   help="--mode proto: average z-scored prototype and label-word scores (3+ classes)")
     g.add_argument("--lora-rank", type=int, default=8, help="--mode lora: the rank of each update")
     g.add_argument("--lora-alpha", type=float, default=16.0, help="--mode lora: the update's scale is alpha / rank")
     g.add_argument("--lora-dropout", type=float, default=0.0, help="--mode lora: dropout on the update's input")
@@ -1151,6 +1154,7 @@ def _add_part_options(g) -> None:
 
 def _part_settings(args) -> dict[str, Any]:
     return {"prefix_length": args.prefix_length, "prefix_hidden_size": args.prefix_hidden_size,
+            "proto_dim": args.proto_dim, "proto_ensemble": args.proto_ensemble,
             "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha, "lora_dropout": args.lora_dropout,
             "lora_target_modules": args.lora_target_modules}
 
@@ -1200,8 +1204,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io_options(p, labels=True)
     g = p.add_argument_group("training")
     g.add_argument("--mode", default="head", type=modes,
-                   help="what is trained: head, verbalizer (a soft verbalizer, WARP), prompt, prefix, lora, ia3 or "
-                        "full, or parts joined by + (head+prompt, prompt+verbalizer, head+lora, prompt+lora, ...)")
+                   help="what is trained: head, verbalizer (a soft verbalizer, WARP), proto (class prototypes, "
+                        "ProtoVerb), prompt, prefix, lora, ia3 or full, or parts joined by + (head+prompt, "
+                        "prompt+verbalizer, prompt+proto, head+lora, prompt+lora, ...)")
     _add_part_options(g)
     g.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training file")
     g.add_argument("--learning-rate", type=float, help=f"the model's / head's rate (default per --mode: {_rates(0)})")

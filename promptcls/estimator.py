@@ -176,9 +176,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         Required with a loaded model; loaded from ``model`` otherwise.
     train_mode : str
         What ``fit`` trains: ``"none"`` (zero-shot), or parts joined by ``+`` (:mod:`promptcls.parts`):
-        ``"head"``, ``"prompt"`` (the template's soft tokens), ``"prefix"`` (key/value prefixes at every
+        ``"head"``, ``"verbalizer"`` (a soft verbalizer, WARP), ``"proto"`` (class prototypes, ProtoVerb),
+        ``"prompt"`` (the template's soft tokens), ``"prefix"`` (key/value prefixes at every
         layer), ``"lora"``, ``"ia3"`` (adapters through ``peft``), ``"full"``; e.g. ``"head+prompt"``,
         ``"head+lora"``, ``"prompt+lora"``. ``trainable_parameters_`` gives the count and share trained.
+    proto_dim : int
+        ``proto``: the width of the space the slot states are projected into (ProtoVerb's 64).
+    proto_ensemble : bool
+        ``proto``: average the z-scored prototype and label-word scores (OpenPrompt's ``multi_verb="multi"``;
+        three or more classes); False: the prototypes alone.
     prefix_length : int
         ``prefix``: key/value pairs per layer.
     prefix_hidden_size : int, optional
@@ -306,6 +312,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         gguf_file: str | None = None,
         score_suffix: bool = False,
         chat_template: bool = False,
+        proto_dim: int = 64,
+        proto_ensemble: bool = False,
         prefix_length: int = 16,
         prefix_hidden_size: int | None = None,
         lora_rank: int = 8,
@@ -352,6 +360,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.gguf_file = gguf_file
         self.score_suffix = score_suffix
         self.chat_template = chat_template
+        self.proto_dim = proto_dim
+        self.proto_ensemble = proto_ensemble
         self.prefix_length = prefix_length
         self.prefix_hidden_size = prefix_hidden_size
         self.lora_rank = lora_rank
@@ -379,6 +389,9 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             for c, w in self.class_weight.items():
                 _number(f"class_weight[{c!r}]", w, 0.0)
         _integer("prefix_length", self.prefix_length, 1)
+        _integer("proto_dim", self.proto_dim, 1)
+        if not isinstance(self.proto_ensemble, (bool, np.bool_)):
+            raise TypeError(f"proto_ensemble must be True or False, got {self.proto_ensemble!r}")
         _integer("prefix_hidden_size", self.prefix_hidden_size, 1, optional=True)
         _integer("lora_rank", self.lora_rank, 1)
         _number("lora_alpha", self.lora_alpha, 0.0, low_open=True)
@@ -424,6 +437,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
 
     def _part_options(self) -> dict[str, Any]:
         return {"prefix_length": self.prefix_length, "prefix_hidden_size": self.prefix_hidden_size,
+                "proto_dim": self.proto_dim, "proto_ensemble": bool(self.proto_ensemble),
                 "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
                 "lora_target_modules": self.lora_target_modules, "seed": self.random_state_,
                 "train_mode": self.train_mode_}

@@ -42,7 +42,7 @@ _FORMAT = 2
 # settings that are not JSON (loaded objects) or are given again at load time
 _NOT_SAVED = {"model", "tokenizer", "callbacks", "template", "verbalizer", "device", "progress"}
 # settings a load may not change: the saved tensors were trained for them
-_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "value_range", "demonstrations", "prefix_length", "prefix_hidden_size", "lora_rank",
+_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "value_range", "demonstrations", "prefix_length", "prefix_hidden_size", "proto_dim", "proto_ensemble", "lora_rank",
                   "lora_alpha", "lora_dropout", "lora_target_modules"}
 _SAMPLES_PER_TENSOR = 64
 

@@ -180,6 +180,9 @@ class _HeadCache:
     def class_scores(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
         return model.relative_class_scores(rows={n: rows[idx] for n, rows in self.rows.items()})
 
+    def slot_states(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
+        return model.slot_states(rows={n: rows[idx] for n, rows in self.rows.items()})
+
 
 def _class_weights(clf: PromptClassifier, targets: torch.Tensor) -> torch.Tensor | None:
     """(C,) loss weights per class from ``clf.class_weight``, or None."""
@@ -257,6 +260,10 @@ def train(
         raise ValueError("mlm_loss_weight is set but fit got no unlabeled texts: fit(X, y, unlabeled=texts)")
 
     class_weights = _class_weights(clf, targets)
+    own_loss = any(part.own_loss for part in train_parts)
+    if own_loss and targets.ndim != 1:
+        raise ValueError("train_mode 'proto' trains prototypes on labels y with its contrastive loss; it does not "
+                         "take soft_labels (PET's distillation): distil into another train_mode")
     sample_weights = None
     if clf.sampling == "balanced":
         if targets.ndim != 1:
@@ -329,11 +336,17 @@ def train(
                     total = 0.0
                     for part in parts:  # each part's mean loss, weighted by its share of the batch
                         with autocast:
-                            if cache is not None:
-                                scores = cache.class_scores(model, part.to(model.device))
+                            if own_loss:  # ProtoVerb: its contrastive loss on the slot states
+                                states = (cache.slot_states(model, part.to(model.device)) if cache is not None
+                                          else model.slot_states([encoded[i] for i in part.tolist()]))
+                                loss = model.prototypes.loss(states, targets[part.to(targets.device)], class_weights)
                             else:
-                                scores = model.relative_class_scores([encoded[i] for i in part.tolist()])
-                            loss = _loss(scores.float(), targets[part.to(targets.device)], temperature, class_weights)
+                                if cache is not None:
+                                    scores = cache.class_scores(model, part.to(model.device))
+                                else:
+                                    scores = model.relative_class_scores([encoded[i] for i in part.tolist()])
+                                loss = _loss(scores.float(), targets[part.to(targets.device)], temperature,
+                                             class_weights)
                             loss = loss * (weight * len(part) / len(idx))
                         total += loss.item()
                         if not math.isfinite(total) and scaler is None:

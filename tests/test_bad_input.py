@@ -42,7 +42,7 @@ def zero_shot(model_tok, template="{text} It was [MASK].", words=None, **kw):
     ("mlm_loss_weight", 1.5, r"mlm_loss_weight must be a number in \[0, 1\] or None, got 1.5"),
     ("random_state", -1, r"random_state must be a non-negative integer, got -1"),
     ("random_state", "seed", r"random_state must be an integer, None or a numpy RandomState/Generator, got 'seed'"),
-    ("train_mode", "heads", r"train_mode='heads': 'heads' is not a part; parts are 'head', 'verbalizer', 'prompt'"),
+    ("train_mode", "heads", r"train_mode='heads': 'heads' is not a part; parts are 'head', 'verbalizer', 'proto', 'prompt'"),
     ("decoding", "greedy", r"decoding='greedy' is not one of 'parallel', 'iterative'"),
     ("device", "bogus", r"device='bogus' is not a device: use 'auto', 'cpu'"),
     ("device", "meta", r"device='meta' is not supported"),

@@ -282,3 +282,20 @@ def test_soft_verbalizer_and_long_text_options_from_the_command_line(workdir):
     assert len(set(outputs.values())) == 3  # three readings of one long text
     result = run("predict", "--saved", workdir / "soft-verbalizer", "--input", workdir / "long.csv", "--truncation", "mid")
     assert result.returncode == 2 and "invalid choice: 'mid'" in result.stderr
+
+
+def test_prototypes_from_the_command_line(workdir):
+    base = ["train", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+            "--input", workdir / "reviews.csv", "--column", "text=review", "--epochs", "2", "--quiet", "--mode", "proto"]
+    result = run(*base, "--proto-dim", "8", "--output-dir", workdir / "proto")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((workdir / "proto" / "promptcls_config.json").read_text())
+    assert config["trained_parameters"] == ["prototypes.projection.weight", "prototypes.prototypes"]
+    assert config["params"]["proto_dim"] == 8
+    result = run("predict", "--saved", workdir / "proto", "--input", workdir / "reviews.csv", "--column", "text=review",
+                 "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(__import__("io").StringIO(result.stdout))) == len(REVIEWS)
+    result = run(*base, "--proto-ensemble", "--output-dir", workdir / "proto-two")
+    assert result.returncode != 0 and "with 2 classes each z-score" in result.stderr
+    assert not (workdir / "proto-two").exists()

@@ -57,8 +57,8 @@ def test_train_mode_strings_compose_into_parts():
     assert parse_train_mode("lora+head") == ("head", "lora")  # canonical order
     assert parse_train_mode(" Prompt + LoRA ") == ("prompt", "lora")
     assert [p.name for p in build_parts(("head", "prefix"), {})] == ["head", "prefix"]
-    assert set(PART_NAMES) == {"head", "verbalizer", "prompt", "prefix", "lora", "ia3", "full"}
-    with pytest.raises(ValueError, match="'adapterz' is not a part; parts are 'head', 'verbalizer', 'prompt'"):
+    assert set(PART_NAMES) == {"head", "verbalizer", "proto", "prompt", "prefix", "lora", "ia3", "full"}
+    with pytest.raises(ValueError, match="'adapterz' is not a part; parts are 'head', 'verbalizer', 'proto', 'prompt'"):
         parse_train_mode("head+adapterz")
     with pytest.raises(ValueError, match="names a part twice"):
         parse_train_mode("lora+lora")

@@ -268,6 +268,7 @@ class CausalPromptModel(nn.Module):
                                        self.chat_template, keep)
         self.kv_prefix = None  # key/value prefixes at every layer (promptcls.parts.prefix), attached by a part
         self.soft_verbalizer = None  # vectors in place of the label words' output rows (promptcls.parts.soft_verbalizer)
+        self.prototypes = None  # class prototypes of the slot states (promptcls.parts.prototypes)
         self.soft_prompt = (build_soft_prompt(lm.get_input_embeddings(), tokenizer, template, seed,
                                               self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
@@ -308,7 +309,8 @@ class CausalPromptModel(nn.Module):
     def joint_key(self) -> tuple | None:
         """What this model's forward shares with another task's in one joint forward (every tensor of the LM);
         None where it cannot join one (key/value prefixes, or a model the one-pass probe turned down)."""
-        if self.kv_prefix is not None or self.soft_verbalizer is not None or not (self.one_pass and self.shares_cache):
+        if (self.kv_prefix is not None or self.soft_verbalizer is not None or self.prototypes is not None
+                or not (self.one_pass and self.shares_cache)):
             return None
         return ("causal", tuple((n, p.data_ptr()) for n, p in self.lm.named_parameters()))
 
@@ -476,19 +478,48 @@ class CausalPromptModel(nn.Module):
     def attach_soft_verbalizer(self) -> None:
         """A soft verbalizer (:mod:`promptcls.parts.soft_verbalizer`) started from the label words' output rows."""
         from ..parts.soft_verbalizer import from_output_layer
+
+        self._output_path = self._output_stand_in("verbalizer")
+        first = [ids[0] for ids in self.label_words.token_ids]
+        self.soft_verbalizer = from_output_layer(self.lm.get_output_embeddings(), first, type(self.lm).__name__)
+        self.soft_verbalizer.to(self.device)
+
+    def _output_stand_in(self, what: str) -> str:
+        """The path of the output layer, for a view that replaces it (``what`` names the mode in errors)."""
         from ..views import module_path
 
         if self.score_suffix:
-            raise ValueError("train_mode 'verbalizer' scores the slot's first token against trained vectors; "
-                             "score_suffix=True scores the text after it too: leave score_suffix=False")
+            raise ValueError(f"train_mode {what!r} reads the state at the slot's first token; score_suffix=True scores "
+                             "the text after it too: leave score_suffix=False")
         out = self.lm.get_output_embeddings()
-        self._output_path = module_path(self.lm, out) if out is not None else None
-        if self._output_path is None:
-            raise ValueError(f"train_mode 'verbalizer' replaces the output layer's rows, but {type(self.lm).__name__} "
-                             "has no output layer of its own: train the prompt instead")
-        first = [ids[0] for ids in self.label_words.token_ids]
-        self.soft_verbalizer = from_output_layer(out, first, type(self.lm).__name__)
-        self.soft_verbalizer.to(self.device)
+        path = module_path(self.lm, out) if out is not None else None
+        if path is None:
+            raise ValueError(f"train_mode {what!r} reads the output layer's input, but {type(self.lm).__name__} has no "
+                             "output layer of its own: train the prompt instead")
+        return path
+
+    def attach_prototypes(self, prototypes: nn.Module) -> None:
+        """Class prototypes (:mod:`promptcls.parts.prototypes`) of the state that predicts the answer."""
+        self._output_path = self._output_stand_in("proto")
+        self.prototypes = prototypes.to(self.device)
+
+    def hidden_size(self) -> int:
+        """The width of the states the output layer reads."""
+        return int(self.lm.get_output_embeddings().weight.shape[1])
+
+    def slot_states(self, encoded: Sequence[CausalEncoded], rows: Any = None) -> torch.Tensor:
+        """(B, H) the last hidden state at each prompt's last position: the input of the output layer there."""
+        from ..views import StandIn, view
+
+        inputs, lengths = self._prefix_batch(encoded)
+        inputs.setdefault("use_cache", False)
+        lm = view(self.lm, {self._output_path: StandIn(self.lm.get_output_embeddings(), lambda out, x: x)})
+        positions = (lengths - 1)[:, None]
+        if self._keep_rows:
+            states = lm(**inputs, logits_to_keep=positions).logits
+        else:
+            states = torch.take_along_dim(lm(**inputs).logits, positions[..., None], dim=1)
+        return states[:, 0]
 
     def _soft_class_scores(self, encoded: Sequence[CausalEncoded]) -> torch.Tensor:
         """(B, C): the soft verbalizer's logits at each prompt's last position, aggregated per class."""
@@ -507,6 +538,9 @@ class CausalPromptModel(nn.Module):
 
     def class_scores(self, encoded: Sequence[CausalEncoded], decoding: str = "parallel") -> torch.Tensor:
         """(B, C) class scores. Multi-token words are exact left to right, whatever ``decoding`` says."""
+        if self.prototypes is not None:
+            manual = self.label_words.aggregate(self.word_scores(encoded)) if self.prototypes.ensemble else None
+            return self.prototypes.scores(self.slot_states(encoded), manual)
         if self.soft_verbalizer is not None:
             return self._soft_class_scores(encoded)
         return self.label_words.aggregate(self.word_scores(encoded))

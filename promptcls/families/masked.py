@@ -97,6 +97,7 @@ class PromptModel(nn.Module):
         self.encoding = PromptEncoding(template, tokenizer, max_length, n_mask, soft_counts, keep)
         self.kv_prefix = None  # key/value prefixes at every layer (promptcls.parts.prefix), attached by a part
         self.soft_verbalizer = None  # vectors in place of the label words' output rows (promptcls.parts.soft_verbalizer)
+        self.prototypes = None  # class prototypes of the slot states (promptcls.parts.prototypes)
         self.soft_prompt = (build_soft_prompt(mlm.get_input_embeddings(), tokenizer, template, seed,
                                               self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
@@ -191,7 +192,7 @@ class PromptModel(nn.Module):
         instead of the whole vocabulary. Otherwise this is ``class_scores`` (or ``head_logits`` on
         cached mask ``rows``).
         """
-        if not self.label_vocab_only or self.soft_verbalizer is not None:
+        if not self.label_vocab_only or self.soft_verbalizer is not None or self.prototypes is not None:
             if rows is not None:
                 return self.class_scores_from_rows(rows)
             return self.class_scores(encoded)
@@ -392,12 +393,41 @@ class PromptModel(nn.Module):
         sv = self.soft_verbalizer
         return {self._output_path: StandIn(self.mlm.get_output_embeddings(), lambda out, x: sv.logits(x))}
 
+    def attach_prototypes(self, prototypes: nn.Module) -> None:
+        """Class prototypes (:mod:`promptcls.parts.prototypes`) of the encoder's states at a one-token slot."""
+        if self._base_path is None:
+            raise ValueError(f"train_mode 'proto' reads the encoder's states at the mask, but {type(self.mlm).__name__} "
+                             "has no separate base model: train the head instead")
+        self.prototypes = prototypes.to(self.device)
+
+    def hidden_size(self) -> int:
+        """The width of the encoder's states (what the head reads)."""
+        config = self.mlm.config.get_text_config() if hasattr(self.mlm.config, "get_text_config") else self.mlm.config
+        return int(config.hidden_size)
+
+    def slot_states(self, encoded: Sequence[Encoded] | None = None, rows: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, H) encoder states at a one-token answer slot, from cached ``rows`` or by running the encoder."""
+        if rows is not None:
+            return rows[1][:, 0]
+        return self.mask_hidden(self.batch(encoded, 1))[:, 0]
+
     def slot_widths(self) -> tuple[int, ...]:
-        """The answer-slot widths a prompt is scored with: one per label-word length (a soft verbalizer: 1)."""
-        return (1,) if self.soft_verbalizer is not None else tuple(self.label_words.groups)
+        """The answer-slot widths a prompt is scored with: one per label-word length (a soft verbalizer: 1;
+        prototypes: 1, and the label words' widths too when they join the scores)."""
+        if self.soft_verbalizer is not None:
+            return (1,)
+        if self.prototypes is not None:
+            return tuple(sorted({1, *self.label_words.groups})) if self.prototypes.ensemble else (1,)
+        return tuple(self.label_words.groups)
 
     def class_scores_from_rows(self, rows: dict[int, torch.Tensor]) -> torch.Tensor:
         """{n: (B, n, H) encoder states at an n-token slot} -> (B, C) class scores; the head alone runs."""
+        if self.prototypes is not None:
+            manual = None
+            if self.prototypes.ensemble:
+                manual = self.class_scores_from_words({n: self.word_scores_from_logits(n, self.head_logits(rows[n]))
+                                                       for n in self.label_words.groups})
+            return self.prototypes.scores(rows[1][:, 0], manual)
         if self.soft_verbalizer is not None:
             return self.label_words.aggregate(self.head_logits(rows[1], self._soft_output())[:, 0].float())
         return self.class_scores_from_words({n: self.word_scores_from_logits(n, self.head_logits(r))
@@ -405,6 +435,8 @@ class PromptModel(nn.Module):
 
     def class_scores(self, encoded: Sequence[Encoded], decoding: str = "parallel") -> torch.Tensor:
         """(B, C) class scores for encoded prompts. ``decoding``: ``"parallel"`` or ``"iterative"``."""
+        if self.prototypes is not None:  # the slot states, then the prototypes (and the head) on them
+            return self.class_scores_from_rows({n: self.mask_hidden(self.batch(encoded, n)) for n in self.slot_widths()})
         if self.soft_verbalizer is not None:  # W logits at a one-token slot
             logits = self.mask_logits(self.batch(encoded, 1), self._soft_output())
             return self.label_words.aggregate(logits[:, 0].float())

@@ -19,6 +19,8 @@ part        trains                                            forward change
 head        the family's own head (MLM transform, bias)       none
 verbalizer  a vector and bias per label word (WARP)           the output layer's label-word
                                                               rows, replaced
+proto       a projection and class prototypes (ProtoVerb)     cosine to prototypes of the
+                                                              slot state
 prompt      the template's soft tokens (and P-tuning encoder) spliced input embeddings
 prefix      key/value prefixes at every layer (P-tuning v2)   pre-filled key/value cache
 lora        low-rank updates of the blocks' linear layers     ``peft`` LoRA layers
@@ -48,6 +50,8 @@ class Part:
     side: ClassVar[str] = "model"
     #: its parameters are new (not the base model's): the base model's fingerprint leaves them out
     adds_parameters: ClassVar[bool] = False
+    #: it trains with its own loss on the slot states (``model.prototypes.loss``), not cross-entropy on class scores
+    own_loss: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -72,13 +76,15 @@ def _classes() -> dict[str, type[Part]]:
     from .head import HeadPart
     from .lora import IA3Part, LoraPart
     from .prefix import PrefixPart
+    from .prototypes import PrototypePart
     from .soft_prompt import SoftPromptPart
     from .soft_verbalizer import SoftVerbalizerPart
 
-    return {c.name: c for c in (HeadPart, SoftVerbalizerPart, SoftPromptPart, PrefixPart, LoraPart, IA3Part, FullPart)}
+    return {c.name: c for c in (HeadPart, SoftVerbalizerPart, PrototypePart, SoftPromptPart, PrefixPart, LoraPart,
+                                IA3Part, FullPart)}
 
 
-PART_NAMES = ("head", "verbalizer", "prompt", "prefix", "lora", "ia3", "full")  # the canonical order in a train_mode string
+PART_NAMES = ("head", "verbalizer", "proto", "prompt", "prefix", "lora", "ia3", "full")  # the canonical order in a train_mode string
 
 # pairs that do not compose, and why
 _CLASHES = {
@@ -87,6 +93,9 @@ _CLASHES = {
     frozenset({"full", "lora"}): "'full' already trains every weight; LoRA is the alternative to it",
     frozenset({"full", "ia3"}): "'full' already trains every weight; IA3 is the alternative to it",
     frozenset({"full", "prefix"}): "'full' trains every weight; add a prefix to a frozen model instead",
+    frozenset({"proto", "verbalizer"}): "'proto' and 'verbalizer' are two learned verbalizers: choose one",
+    frozenset({"proto", "head"}): "the prototypes read the encoder's states, not the head's output, so 'head' "
+                                  "would not train: use 'proto' alone or with 'prompt', 'lora' or 'prefix'",
 }
 
 
