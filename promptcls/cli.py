@@ -1,4 +1,4 @@
-"""The command line: ``promptcls predict | train | evaluate | pet | search-words | catalogue``.
+"""The command line: ``promptcls predict | train | evaluate | pet | search-words | expand-words | serve | catalogue``.
 
 Bad input (a missing column, an unknown task, a bad template, an unreadable file) ends with a
 one-line reason on stderr and a non-zero exit, never a traceback. Arguments, files and columns are
@@ -454,6 +454,10 @@ def _settings(args) -> dict[str, Any]:
         out["calibration"] = True
     if getattr(args, "truncation", "head") != "head":
         out["truncation"] = args.truncation
+    if getattr(args, "word_calibration", False):
+        out["word_calibration"] = True
+    if getattr(args, "word_refinement", None) is not None:
+        out["word_refinement"] = args.word_refinement
     for name in ("gguf_file", "score_suffix", "chat_template"):
         if getattr(args, name, None):
             out[name] = getattr(args, name)
@@ -508,7 +512,15 @@ def _zero_shot_or_saved(args, prompt: Prompt):
     if prompt.saved is not None:
         return _loaded(args, prompt)
     clf, model = _new(args, prompt)
-    clf.fit()
+    if getattr(args, "word_calibration", False) or getattr(args, "word_refinement", None) is not None:
+        if not getattr(args, "support", None):
+            raise CLIError("--word-calibration / --word-refinement estimate each label word's prior on unlabeled "
+                           "texts: give them with --support FILE (the same columns as --input)")
+        support = _read(args, args.support)
+        _check_columns(support, prompt.template.fields, prompt.columns, args.support)
+        clf.fit(_apply(prompt, support))
+    else:
+        clf.fit()
     _note_untrained(args, clf, model)
     return clf
 
@@ -909,6 +921,38 @@ def cmd_search_words(args) -> None:
         print(text)
 
 
+def cmd_expand_words(args) -> None:
+    if args.output and Path(args.output).suffix != ".json":
+        raise CLIError(f"--output {args.output!r}: label words are written as JSON, to a .json file")
+    if bool(args.verbalizer) == bool(args.task):
+        raise CLIError("give the seed words with --verbalizer JSON or --task NAME (one of them)")
+    if args.verbalizer:
+        seeds = _json_or_file(args.verbalizer, "verbalizer")
+    else:
+        from .catalogue import load_verbalizer
+
+        try:
+            seeds = load_verbalizer(args.task, args.verbalizer_name)
+        except (KeyError, ValueError) as e:
+            raise CLIError(str(e).strip("'\"")) from None
+    _quiet_transformers()
+    from .knowledge import expand_label_words
+    from .loading import load_model
+
+    lm, tokenizer = load_model(args.model, gguf_file=args.gguf_file)
+    try:
+        words = expand_label_words(lm, seeds, tokenizer, per_class=args.per_class)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    text = json.dumps({"classes": [{"label": label, "words": ws} for label, ws in words.items()]}, indent=2)
+    if args.output:
+        write_text(text + "\n", args.output)
+        print(f"wrote {sum(map(len, words.values()))} label words to {args.output} (use them with --verbalizer "
+              f"@{args.output} --word-refinement 0.5 --word-calibration)", file=sys.stderr)
+    else:
+        print(text)
+
+
 def _named(values: list[str], what: str, default_name: Any = None) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in values:
@@ -1045,6 +1089,10 @@ the Python API); --dev keeps the epoch with the best dev accuracy.""",
   promptcls pet --model roberta-base --task yelp --input train.csv --unlabeled unlabeled.csv --output-dir yelp-pet
   promptcls pet --model roberta-base --task rte --variants pet-0 pet-1 pet-2 --input train.jsonl \\
       --unlabeled unlabeled.jsonl --generations 2 --output-dir rte-ipet""",
+    "expand-words": """examples:
+  promptcls expand-words --model roberta-base --task agnews --per-class 100 --output agnews-kpt.json
+  promptcls predict --model roberta-base --task agnews --verbalizer @agnews-kpt.json --word-refinement 0.5 \\
+      --word-calibration --support unlabeled.csv --input test.csv --output preds.csv""",
     "search-words": """examples:
   promptcls search-words --model roberta-base --template "{text} It was [MASK]." --input train.csv --k 3 \\
       --output words.json
@@ -1106,6 +1154,16 @@ def _add_model_options(p: argparse.ArgumentParser, saved: bool = True, command: 
     elif command != "pet":
         g.add_argument("--calibrate", action="store_true",
                        help="contextual calibration (Zhao et al. 2021) of the class scores, zero-shot or of a --saved model")
+    if command in ("predict", "evaluate", "train"):
+        g.add_argument("--word-calibration", action="store_true",
+                       help="KPT's contextualized calibration: each label word's probability divided by its mean on "
+                            "a support set (train: the training texts; predict / evaluate: --support)")
+        g.add_argument("--word-refinement", type=float, metavar="SHARE",
+                       help="KPT's frequency refinement: drop label words whose first token is among the SHARE "
+                            "rarest of the vocabulary at the slot on the support set (KPT: 0.5)")
+    if command in ("predict", "evaluate"):
+        g.add_argument("--support", metavar="FILE",
+                       help="unlabeled texts (the --input columns) for --word-calibration / --word-refinement")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -1268,6 +1326,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=3, help="words per class")
     p.add_argument("--output", help="write the verbalizer JSON here (default: stdout)")
     p.set_defaults(func=cmd_search_words)
+
+    p = command("expand-words", "expand a few seed words per class into many (a knowledgeable verbalizer, KPT)")
+    p.add_argument("--model", required=True, help="a hub id, local path, .gguf file or 'smollm2'")
+    p.add_argument("--gguf-file", help="the GGUF file inside --model's folder")
+    p.add_argument("--verbalizer", help="seed words as JSON, or @file.json")
+    p.add_argument("--task", help="a catalogue task: its label words are the seeds")
+    p.add_argument("--verbalizer-name", help="the task's verbalizer variant (default: its default)")
+    p.add_argument("--per-class", type=int, default=50, help="words per class, seeds included")
+    p.add_argument("--output", help="write the verbalizer JSON here (default: stdout)")
+    p.set_defaults(func=cmd_expand_words)
 
     p = command("serve", "an HTTP server over saved classifiers and zero-shot tasks (FastAPI on uvicorn)")
     p.add_argument("--saved", action="append", default=[], metavar="[NAME=]DIR",

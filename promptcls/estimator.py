@@ -180,6 +180,15 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         ``"prompt"`` (the template's soft tokens), ``"prefix"`` (key/value prefixes at every
         layer), ``"lora"``, ``"ia3"`` (adapters through ``peft``), ``"full"``; e.g. ``"head+prompt"``,
         ``"head+lora"``, ``"prompt+lora"``. ``trainable_parameters_`` gives the count and share trained.
+    word_calibration : bool
+        KPT's contextualized calibration (Hu et al. 2022): each label word's probability is divided by its
+        mean probability at the slot over a support set of unlabeled texts - the ``X`` given to ``fit`` (its
+        labels are not used), or ``unlabeled`` when ``fit`` gets no X - before the words are aggregated. For
+        verbalizers of many words per class (:func:`promptcls.expand_label_words`).
+    word_refinement : float, optional
+        KPT's frequency refinement: drop the label words whose first token's mean probability over the
+        support set is among the lowest ``word_refinement`` share of the vocabulary (KPT: 0.5).
+        ``label_words_kept_`` lists the words left.
     proto_dim : int
         ``proto``: the width of the space the slot states are projected into (ProtoVerb's 64).
     proto_ensemble : bool
@@ -312,6 +321,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         gguf_file: str | None = None,
         score_suffix: bool = False,
         chat_template: bool = False,
+        word_calibration: bool = False,
+        word_refinement: float | None = None,
         proto_dim: int = 64,
         proto_ensemble: bool = False,
         prefix_length: int = 16,
@@ -360,6 +371,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         self.gguf_file = gguf_file
         self.score_suffix = score_suffix
         self.chat_template = chat_template
+        self.word_calibration = word_calibration
+        self.word_refinement = word_refinement
         self.proto_dim = proto_dim
         self.proto_ensemble = proto_ensemble
         self.prefix_length = prefix_length
@@ -390,6 +403,10 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                 _number(f"class_weight[{c!r}]", w, 0.0)
         _integer("prefix_length", self.prefix_length, 1)
         _integer("proto_dim", self.proto_dim, 1)
+        if not isinstance(self.word_calibration, (bool, np.bool_)):
+            raise TypeError(f"word_calibration must be True or False, got {self.word_calibration!r}")
+        if self.word_refinement is not None:
+            _number("word_refinement", self.word_refinement, 0.0, 1.0, low_open=True, high_open=True)
         if not isinstance(self.proto_ensemble, (bool, np.bool_)):
             raise TypeError(f"proto_ensemble must be True or False, got {self.proto_ensemble!r}")
         _integer("prefix_hidden_size", self.prefix_hidden_size, 1, optional=True)
@@ -571,6 +588,17 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         if self.demonstrations and (X is None or y is None):
             raise ValueError(f"demonstrations={self.demonstrations!r} draws from labelled examples: call fit(X, y) "
                              "(with train_mode='none' for in-context learning)")
+        word_priors = self.word_calibration or self.word_refinement is not None
+        if word_priors:
+            if X is None and unlabeled is None:
+                raise ValueError("word_calibration / word_refinement estimate each label word's prior on unlabeled "
+                                 "texts: call fit(X) (labels are not needed) or fit(unlabeled=texts)")
+            if verbalizer.aggregation == "mean_logit":
+                raise ValueError("word_calibration / word_refinement work on word probabilities; aggregation="
+                                 "'mean_logit' averages raw logits: use aggregation='mean'")
+            if {"verbalizer", "proto"} & set(mode.split("+")):
+                raise ValueError(f"word_calibration / word_refinement weigh the label words; train_mode={mode!r} "
+                                 "scores with learned vectors instead: use one or the other")
         self.model_ = self._build(template, verbalizer, copy_model=mode != TrainMode.NONE)
         template = self.model_.template  # with the [DEMOS] slot where demonstrations are asked for
         self.template_ = template
@@ -595,10 +623,14 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                         self, X, y, eval_set=eval_set, unlabeled=unlabeled, soft_labels=soft_labels,
                         temperature=temperature,
                     )
+            self.word_priors_ = self.label_words_kept_ = None
+            if word_priors:
+                support = X if X is not None else unlabeled
+                self._set_word_priors(to_rows(support, self.template_.fields, self.columns))
             self.calibration_ = self._content_free_log_probs()
         except BaseException:
             for name in ("model_", "template_", "verbalizer_", "classes_", "calibration_", "base_fingerprint_", "parts_",
-                         "trainable_parameters_", "demonstration_pool_"):
+                         "trainable_parameters_", "demonstration_pool_", "word_priors_", "label_words_kept_"):
                 self.__dict__.pop(name, None)  # a failed fit leaves no half-fitted classifier behind
             raise
         return self
@@ -613,6 +645,44 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         rows = [{f: t for f in self.template_.fields} for t in texts]
         scores = self._scores(rows, progress=False)
         return scores.softmax(-1).mean(0).log()  # (C,)
+
+    @torch.no_grad()
+    def _set_word_priors(self, rows: list[dict[str, str]]) -> None:
+        """KPT's priors on the support ``rows``: each word's mean probability at the slot (``word_priors_``,
+        subtracted as log-priors with ``word_calibration``), and with ``word_refinement`` the words kept."""
+        model = self.model_
+        words = model.label_words
+        words.offsets = words.keep = None
+        filled = self._demonstrated(rows)[0]
+        encoded = model.encode(filled)
+        word_sum = torch.zeros(len(words.token_ids), dtype=torch.float64)
+        vocab_sum = None
+        model.eval()
+        for idx in length_batches([len(e.input_ids) for e in encoded], self.batch_size, model.device):
+            chunk = [encoded[i] for i in idx]
+            word_sum += model.word_scores(chunk).double().exp().sum(0).cpu()
+            if self.word_refinement is not None:
+                probs = model.slot_log_probs(chunk).double().exp().sum(0).cpu()
+                vocab_sum = probs if vocab_sum is None else vocab_sum + probs
+        prior = (word_sum / len(encoded)).clamp_min(1e-300).log().float()  # (W,) log mean probability
+        self.word_priors_ = {w: float(p) for w, p in zip(_words_in_order(self.verbalizer_), prior)}
+        if self.word_refinement is not None:
+            dropped = set(torch.argsort(vocab_sum)[: int(self.word_refinement * len(vocab_sum))].tolist())
+            keep = torch.tensor([ids[0] not in dropped for ids in words.token_ids])
+            names = _words_in_order(self.verbalizer_)
+            kept = {c: [] for c in self.verbalizer_.classes}
+            for w, c, k in zip(names, words.word_class, keep.tolist()):
+                if k:
+                    kept[self.verbalizer_.classes[c]].append(w)
+            empty = [c for c, ws in kept.items() if not ws]
+            if empty:
+                raise ValueError(f"word_refinement={self.word_refinement} drops every label word of class {empty[0]!r} "
+                                 "(all are rare at the slot on these texts): lower word_refinement or give the class "
+                                 "more common words")
+            words.keep = keep
+            self.label_words_kept_ = kept
+        if self.word_calibration:
+            words.offsets = prior
 
     def _set_pool(self, rows: list[dict[str, str]], labels: Sequence[Any]) -> None:
         from .demonstrations import DemonstrationPool
@@ -720,6 +790,10 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         """Predicted labels, from ``classes_``."""
         scores = self.decision_function(X)
         return self.classes_[scores.argmax(1)]
+
+
+def _words_in_order(verbalizer: Verbalizer) -> list[str]:
+    return [w for label in verbalizer.classes for w in verbalizer.words[label]]
 
 
 def _pooled(raw: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:

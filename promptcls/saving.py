@@ -42,7 +42,7 @@ _FORMAT = 2
 # settings that are not JSON (loaded objects) or are given again at load time
 _NOT_SAVED = {"model", "tokenizer", "callbacks", "template", "verbalizer", "device", "progress"}
 # settings a load may not change: the saved tensors were trained for them
-_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "value_range", "demonstrations", "prefix_length", "prefix_hidden_size", "proto_dim", "proto_ensemble", "lora_rank",
+_FIXED_AT_LOAD = {"template", "verbalizer", "train_mode", "value_range", "demonstrations", "prefix_length", "prefix_hidden_size", "proto_dim", "proto_ensemble", "word_calibration", "word_refinement", "lora_rank",
                   "lora_alpha", "lora_dropout", "lora_target_modules"}
 _SAMPLES_PER_TENSOR = 64
 
@@ -202,6 +202,10 @@ def save_classifier(clf: PromptClassifier, directory: str | os.PathLike) -> Path
     tensors = {name: named[name].detach().contiguous().cpu() for name in stored}
     if clf.calibration_ is not None:
         tensors["calibration"] = clf.calibration_.detach().cpu()
+    if getattr(clf, "word_priors_", None) is not None:  # KPT's word priors and the words refinement kept
+        tensors["word_priors"] = torch.tensor(list(clf.word_priors_.values()))
+        if clf.model_.label_words.keep is not None:
+            tensors["word_keep"] = clf.model_.label_words.keep.to(torch.uint8)
     base = clf.model if isinstance(clf.model, (str, os.PathLike)) else getattr(model.lm, "name_or_path", "")
     params = {k: v for k, v in clf.get_params(deep=False).items() if k not in _NOT_SAVED}
     params["train_mode"] = clf.train_mode_
@@ -421,6 +425,23 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     clf._count_trainable()
     clf.history_ = []
     clf.best_epoch_ = clf.best_dev_accuracy_ = None
+    clf.word_priors_ = clf.label_words_kept_ = None
+    words = clf.model_.label_words
+    if "word_priors" in tensors:
+        names = [w for label in verbalizer.classes for w in verbalizer.words[label]]
+        prior = tensors["word_priors"].float()
+        if prior.shape != (len(names),):
+            raise _corrupted(weights, f"its word priors have shape {tuple(prior.shape)}, not ({len(names)},)")
+        clf.word_priors_ = {w: float(v) for w, v in zip(names, prior)}
+        if clf.word_calibration:
+            words.offsets = prior
+        if "word_keep" in tensors:
+            keep = tensors["word_keep"].bool()
+            words.keep = keep
+            clf.label_words_kept_ = {c: [] for c in verbalizer.classes}
+            for w, c, k in zip(names, words.word_class, keep.tolist()):
+                if k:
+                    clf.label_words_kept_[verbalizer.classes[c]].append(w)
     if "calibration" in overrides:  # asked for at load time: computed for the setting given
         clf.calibration_ = clf._content_free_log_probs()
     else:

@@ -143,6 +143,10 @@ class LabelWords:
     token_ids: list[list[int]]  # per word, in class order
     word_class: list[int]  # class index per word
     groups: dict[int, list[int]]  # n tokens -> word indices with n tokens
+    #: (W,) log-priors subtracted from the word scores before aggregation (KPT's contextualized calibration)
+    offsets: torch.Tensor | None = None
+    #: (W,) which words count (KPT's frequency refinement drops the rest)
+    keep: torch.Tensor | None = None
 
     @classmethod
     def build(cls, verbalizer: Verbalizer, tokenizer: Any, tokenize: Any = None) -> LabelWords:
@@ -203,9 +207,14 @@ class LabelWords:
         return index, valid
 
     def aggregate(self, word_scores: torch.Tensor) -> torch.Tensor:
-        """(B, W) word scores -> (B, C) class scores with the verbalizer's aggregation."""
+        """(B, W) word scores -> (B, C) class scores with the verbalizer's aggregation (over the kept words, each
+        less its log-prior where priors are set)."""
         index, valid = self.class_index()
         index, valid = index.to(word_scores.device), valid.to(word_scores.device)
+        if self.offsets is not None:
+            word_scores = word_scores - self.offsets.to(word_scores.device, word_scores.dtype)
+        if self.keep is not None:
+            valid = valid & self.keep.to(word_scores.device)[index]
         per_class = word_scores[:, index]  # (B, C, K)
         agg = self.verbalizer.aggregation
         if agg in (Aggregation.MEAN, Aggregation.MEAN_LOGIT):

@@ -299,3 +299,23 @@ def test_prototypes_from_the_command_line(workdir):
     result = run(*base, "--proto-ensemble", "--output-dir", workdir / "proto-two")
     assert result.returncode != 0 and "with 2 classes each z-score" in result.stderr
     assert not (workdir / "proto-two").exists()
+
+
+def test_a_knowledgeable_verbalizer_from_the_command_line(workdir):
+    words = workdir / "expanded.json"
+    result = run("expand-words", "--model", workdir / "tiny", "--verbalizer", '{"0": ["bad"], "1": ["good"]}',
+                 "--per-class", "4", "--output", words)
+    assert result.returncode == 0, result.stderr
+    classes = json.loads(words.read_text())["classes"]
+    assert [c["label"] for c in classes] == ["0", "1"] and [len(c["words"]) for c in classes] == [4, 4]
+    assert classes[0]["words"][0] == "bad" and classes[1]["words"][0] == "good"
+    base = ["predict", "--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", f"@{words}",
+            "--column", "text=review", "--input", workdir / "reviews.csv", "--quiet", "--word-calibration"]
+    result = run(*base, "--support", workdir / "reviews.csv", "--output", workdir / "kpt.csv")
+    assert result.returncode == 0, result.stderr
+    clf = PromptClassifier(str(workdir / "tiny"), "{text} It was [MASK].", json.loads(words.read_text()),
+                           columns={"text": "review"}, word_calibration=True).fit(REVIEWS)
+    out = pd.read_csv(workdir / "kpt.csv")
+    np.testing.assert_allclose(out[["prob_0", "prob_1"]].to_numpy(), clf.predict_proba(REVIEWS), atol=1e-6)
+    result = run(*base)
+    assert result.returncode != 0 and "give them with --support FILE" in result.stderr

@@ -450,11 +450,20 @@ class PromptModel(nn.Module):
 
     def class_scores_from_words(self, word_scores: dict[int, torch.Tensor]) -> torch.Tensor:
         """{n: (B, W_n) scores of the n-token words} -> (B, C) class scores."""
+        return self.label_words.aggregate(self._word_matrix(word_scores))
+
+    def _word_matrix(self, word_scores: dict[int, torch.Tensor]) -> torch.Tensor:
+        """{n: (B, W_n)} -> (B, W) in the verbalizer's word order."""
         first = next(iter(word_scores.values()))
         scores = first.new_zeros(first.shape[0], len(self.label_words.token_ids))  # (B, W)
         for n, s in word_scores.items():
             scores = scores.index_copy(1, torch.tensor(self.label_words.groups[n], device=s.device), s)
-        return self.label_words.aggregate(scores)
+        return scores
+
+    def word_scores(self, encoded: Sequence[Encoded]) -> torch.Tensor:
+        """(B, W) every label word's log-probability at the slot (its tokens' summed, parallel decoding)."""
+        return self._word_matrix({n: self.word_scores_from_logits(n, self.mask_logits(batch))
+                                  for n, batch in self.group_batches(encoded).items()})
 
     def _iterative_word_scores(self, n: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """PET's max-first decoding of the n-token words, batched over examples and words.
