@@ -1,9 +1,9 @@
 """``promptcls serve`` under load on loopback: 1, 8 and 32 concurrent clients, beside direct batched scoring.
 
-The server (``promptcls serve``, FastAPI on uvicorn, ``--max-batch 64 --max-wait-ms 5``) runs in its own
+The server (``promptcls serve``, FastAPI on uvicorn, ``--max-batch 64 --max-wait-ms 5``; both settable) runs in its own
 process over saves on all-MiniLM-L6-v2 made by ``benchmarks/many_tasks.py`` (task 0 a soft prompt, task 1 a
-trained head, ...). Each client is a thread with one keep-alive HTTP connection that sends requests of one
-SST-2 test sentence each, the next as soon as the last is answered, until the bounded number of requests
+trained head, ...). Each client is a thread with one keep-alive HTTP connection that sends requests of
+``--texts-per-request`` SST-2 test sentences (1 by default), the next as soon as the last is answered, until the bounded number of requests
 (``--requests``) is spent. With several tasks each request names the next task in turn, so the server's
 batches mix tasks. Reported: texts/s over the whole run, p50 and p99 latency per request, and errors
 (any answer but 200).
@@ -13,7 +13,8 @@ batches mix tasks. Reported: texts/s over the whole run, p50 and p99 latency per
 batch size (32), after a warm-up. The target: with 32 clients, at least 0.8x the direct throughput, no errors.
 Run alone on a quiet machine::
 
-    python benchmarks/serve_load.py                 # 1 task and 4 tasks; 1, 8, 32 clients
+    python benchmarks/serve_load.py                 # 1 task and 4 tasks; 1, 8, 32 clients; 1 text a request
+    python benchmarks/serve_load.py --texts-per-request 8 --requests 256 --out benchmarks/results/serve_load_8_texts
     python benchmarks/serve_load.py --tasks 1 --clients 1 32
 """
 
@@ -74,8 +75,8 @@ def direct(args) -> None:
     print(json.dumps({"texts_per_s": len(rows) / times[len(times) // 2], "times": times}))
 
 
-def load(port: int, n_clients: int, n_requests: int, n_tasks: int) -> dict:
-    rows = texts(n_requests)
+def load(port: int, n_clients: int, n_requests: int, n_tasks: int, per_request: int = 1) -> dict:
+    rows = texts(n_requests * per_request)
     lock = threading.Lock()
     state = {"next": 0}
     latencies, errors = [], []
@@ -88,7 +89,7 @@ def load(port: int, n_clients: int, n_requests: int, n_tasks: int) -> dict:
                 state["next"] += 1
             if i >= n_requests:
                 break
-            body = json.dumps({"task": f"t{i % n_tasks}", "texts": [rows[i]]})
+            body = json.dumps({"task": f"t{i % n_tasks}", "texts": rows[i * per_request:(i + 1) * per_request]})
             t = time.perf_counter()
             try:
                 conn.request("POST", "/v1/classify", body, {"content-type": "application/json"})
@@ -118,7 +119,8 @@ def load(port: int, n_clients: int, n_requests: int, n_tasks: int) -> dict:
     def q(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
-    return {"clients": n_clients, "requests": n_requests, "texts_per_s": n_requests / wall, "p50_ms": q(0.50),
+    return {"clients": n_clients, "requests": n_requests, "texts_per_request": per_request,
+            "texts_per_s": n_requests * per_request / wall, "p50_ms": q(0.50),
             "p99_ms": q(0.99), "errors": len(errors), "first_error": errors[0][1].decode() if errors else None}
 
 
@@ -132,7 +134,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=512, help="requests per run (one text each)")
+    parser.add_argument("--requests", type=int, default=512, help="requests per run")
+    parser.add_argument("--texts-per-request", type=int, default=1, help="texts in each request")
+    parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms")
     parser.add_argument("--rounds", type=int, default=3, help="direct scoring: passes (the median is reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of direct scoring (and the server's)")
@@ -154,14 +158,14 @@ def main(argv=None) -> int:
     results = []
     for n in args.tasks:
         done = subprocess.run([sys.executable, __file__, "--direct", "--saves", *map(str, saves[:n]), "--requests",
-                               str(args.requests), "--rounds", str(args.rounds), "--threads", str(args.threads)],
+                               str(args.requests * args.texts_per_request), "--rounds", str(args.rounds), "--threads", str(args.threads)],
                               env=env, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
         base = json.loads(done.stdout.strip().splitlines()[-1])["texts_per_s"]
         for threads in args.server_threads or [args.threads]:
             port = free_port()
-            cmd = [sys.executable, "-m", "promptcls", "serve", "--port", str(port), "--max-batch", "64", "--max-wait-ms", str(args.max_wait_ms),
+            cmd = [sys.executable, "-m", "promptcls", "serve", "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                    "--max-queue", "1024", "--threads", str(threads),
                    *[a for i, p in enumerate(saves[:n]) for a in ("--saved", f"t{i}={p}")]]
             server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -182,7 +186,7 @@ def main(argv=None) -> int:
                 for clients in args.clients:
                     before = stats(port)
                     row = {"tasks": n, "server_threads": threads,
-                           **load(port, clients, args.requests, n), "direct_texts_per_s": base}
+                           **load(port, clients, args.requests, n, args.texts_per_request), "direct_texts_per_s": base}
                     after = stats(port)
                     row["mean_batch"] = (after["rows_scored"] - before["rows_scored"]) / max(1, after["batches"]
                                                                                             - before["batches"])
@@ -204,17 +208,20 @@ def write(rows: list[dict], args) -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/serve_load.py" + (f" --max-wait-ms {args.max_wait_ms:g}" if args.max_wait_ms != 5 else "") + (f" --tasks {' '.join(map(str, args.tasks))}" if args.tasks != [1, 4]
+    command = "python benchmarks/serve_load.py" + (f" --max-wait-ms {args.max_wait_ms:g}" if args.max_wait_ms != 5 else "") + (
+        f" --texts-per-request {args.texts_per_request} --requests {args.requests}" if args.texts_per_request != 1 else "") + (
+        f" --max-batch {args.max_batch}" if args.max_batch != 64 else "") + (f" --tasks {' '.join(map(str, args.tasks))}" if args.tasks != [1, 4]
                                                    else "") + (f" --server-threads {' '.join(map(str, args.server_threads))}"
                                                                if args.server_threads else "")
     meta = {"command": command, "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-            "requests": args.requests}
+            "requests": args.requests, "texts_per_request": args.texts_per_request}
     Path(f"{out}.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
     lines = [
         "# `promptcls serve` under load (loopback, all-MiniLM-L6-v2)", "",
         f"Command: `{command}` (server and direct scoring on {args.threads} threads, {meta['cpu']}; the clients "
         "share the same cores). Each run sends "
-        f"{args.requests} requests of one SST-2 test sentence; with several tasks the requests name them in turn, "
+        f"{args.requests} requests of {args.texts_per_request} SST-2 test sentence(s); with several tasks the requests "
+        "name them in turn, "
         "so the server's batches mix tasks (`benchmarks/serve_load.py` says how). `direct`: the same texts scored "
         "in one in-process call, batched by length (batch size 32).", "",
         "| tasks | server threads | clients | texts/s | p50 (ms) | p99 (ms) | errors | rows per batch | direct texts/s | vs direct |",

@@ -414,6 +414,25 @@ def _labels(frame, column: str, classes: Sequence[Any], path: str) -> list[Any]:
     return [by_text[str(v)] for v in values]
 
 
+def _targets(frame, column: str, path: str) -> list[float]:
+    """The label column as numbers (regression targets), or an error naming the first row that is not one."""
+    if column not in frame.columns:
+        raise CLIError(f"label column {column!r} is missing from {path!r}; the file has columns "
+                       f"{[str(c) for c in frame.columns]}: use --label-column")
+    out = []
+    for i, v in enumerate(frame[column].tolist()):
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise CLIError(f"{path!r} row {i + 1}: label {v!r} in column {column!r} is not a number; regression "
+                           "(--value-range) trains on numeric targets") from None
+    return out
+
+
+def _is_regressor(clf: Any) -> bool:
+    return type(clf).__name__ == "PromptRegressor"
+
+
 def _check_output_dir(directory: str) -> None:
     target = Path(directory)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / CONFIG_NAME).exists())):
@@ -490,8 +509,15 @@ def _loaded(args, prompt: Prompt):
     if _columns(args):
         overrides["columns"] = _columns(args)
     model = _model(args) if args.model else None
-    clf = PromptClassifier.from_pretrained(args.saved, model=model, **overrides)
     saved = prompt.saved or {}
+    cls = PromptClassifier
+    if saved.get("estimator") == "PromptRegressor":
+        from .regression import PromptRegressor
+
+        cls = PromptRegressor
+    if getattr(args, "value_range", None):
+        raise CLIError("--value-range is fixed when a regressor is trained; a --saved model keeps its own")
+    clf = cls.from_pretrained(args.saved, model=model, **overrides)
     stored = saved.get("stored_parameters", saved.get("trained_parameters", []))
     _note_untrained(args, clf, model or saved.get("base_model", {}).get("name_or_path") or "the base model", stored)
     return clf
@@ -503,8 +529,13 @@ def _new(args, prompt: Prompt, train_mode: str = "none", **extra: Any):
     _quiet_transformers()
     from .estimator import PromptClassifier
 
-    clf = PromptClassifier(model, prompt.template, prompt.verbalizer, train_mode=train_mode, columns=prompt.columns,
-                           **_settings(args), **extra)
+    cls = PromptClassifier
+    if getattr(args, "value_range", None):
+        from .regression import PromptRegressor
+
+        cls, extra = PromptRegressor, {**extra, "value_range": tuple(args.value_range)}
+    clf = cls(model, prompt.template, prompt.verbalizer, train_mode=train_mode, columns=prompt.columns,
+              **_settings(args), **extra)
     return clf, model
 
 
@@ -550,10 +581,13 @@ def cmd_predict(args) -> None:
     def score(frame, i: int):
         if i:
             _check_columns(frame, prompt.template.fields, prompt.columns, args.input)
-        proba = clf.predict_proba(_apply(prompt, frame)) if len(frame) else np.zeros((0, len(clf.classes_)))
-        result = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)] if len(frame) else []})
-        for c, label in enumerate(clf.classes_):
-            result[f"prob_{label}"] = proba[:, c]
+        if _is_regressor(clf):  # one number per row
+            result = pd.DataFrame({"prediction": clf.predict(_apply(prompt, frame)) if len(frame) else []})
+        else:
+            proba = clf.predict_proba(_apply(prompt, frame)) if len(frame) else np.zeros((0, len(clf.classes_)))
+            result = pd.DataFrame({"prediction": clf.classes_[proba.argmax(1)] if len(frame) else []})
+            for c, label in enumerate(clf.classes_):
+                result[f"prob_{label}"] = proba[:, c]
         if args.keep_columns:
             result = pd.concat([frame.reset_index(drop=True), result], axis=1)
         return result
@@ -715,8 +749,13 @@ def cmd_train(args) -> None:
         raise CLIError("--patience stops on the dev accuracy: give a labelled --dev file")
     _check_output_dir(args.output_dir)
     prompt = _prompt(args)
-    frame = _read(args, args.input, prompt.classes)
-    y = _labels(frame, args.label_column, prompt.classes, args.input)
+    regression = bool(args.value_range)
+    if regression and (args.dev or args.class_weight is not None or args.sampling != "shuffle"):
+        raise CLIError("regression (--value-range) trains on numbers: --dev (best dev accuracy), --class-weight "
+                       "and --sampling balanced are for classes; drop them")
+    frame = _read(args, args.input, () if regression else prompt.classes)
+    y = (_targets(frame, args.label_column, args.input) if regression
+         else _labels(frame, args.label_column, prompt.classes, args.input))
     X = frame.drop(columns=[args.label_column])
     _check_columns(X, prompt.template.fields, prompt.columns, args.input)
     fit_args: dict[str, Any] = {}
@@ -742,7 +781,11 @@ def cmd_train(args) -> None:
     clf.save_pretrained(args.output_dir)
     import numpy as np
 
-    accuracy = float(np.mean(np.asarray(clf.predict(X), dtype=object) == np.asarray(y, dtype=object)))
+    if regression:
+        fitness = f"training R\u00b2 {clf.score(X, y):.3f}"
+    else:
+        accuracy = float(np.mean(np.asarray(clf.predict(X), dtype=object) == np.asarray(y, dtype=object)))
+        fitness = f"training accuracy {accuracy:.3f}"
     ran = len(getattr(clf, "history_", None) or []) or args.epochs
     best = best_dev_epoch(clf) if args.dev else None
     if best is not None:
@@ -753,7 +796,7 @@ def cmd_train(args) -> None:
         epochs = f"{ran} epochs"
     counts = clf.trainable_parameters_
     print(f"trained {args.mode} on {len(y)} examples ({epochs}); {counts['trainable']:,} of {counts['total']:,} "
-          f"parameters ({100 * counts['share']:.3g}%); training accuracy {accuracy:.3f}; saved to {args.output_dir}",
+          f"parameters ({100 * counts['share']:.3g}%); {fitness}; saved to {args.output_dir}",
           file=sys.stderr)
 
 
@@ -794,15 +837,35 @@ def format_report(report: dict[str, Any]) -> str:
 
 def cmd_evaluate(args) -> None:
     prompt = _prompt(args)
-    frame = _read(args, args.input, prompt.classes)
-    y = _labels(frame, args.label_column, prompt.classes, args.input)
+    regression = bool(args.value_range) or (prompt.saved or {}).get("estimator") == "PromptRegressor"
+    frame = _read(args, args.input, () if regression else prompt.classes)
+    y = (_targets(frame, args.label_column, args.input) if regression
+         else _labels(frame, args.label_column, prompt.classes, args.input))
     X = frame.drop(columns=[args.label_column])
     _check_columns(X, prompt.template.fields, prompt.columns, args.input)
     clf = _zero_shot_or_saved(args, prompt)
-    report = evaluation_report(y, clf.predict(_apply(prompt, X)), list(clf.classes_))
+    if regression:
+        report = regression_report(y, clf.predict(_apply(prompt, X)))
+        text = "\n".join(f"{k:<9} {v:.4f}" if isinstance(v, float) else f"{k:<9} {v}" for k, v in report.items())
+    else:
+        report = evaluation_report(y, clf.predict(_apply(prompt, X)), list(clf.classes_))
+        text = format_report(report)
     if args.json:
         write_text(json.dumps(report, indent=2), args.json)
-    print(format_report(report))
+    print(text)
+
+
+def regression_report(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, Any]:
+    """Pearson and Spearman correlation, R\u00b2 and mean squared error."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    t, p = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    constant = np.ptp(t) == 0 or np.ptp(p) == 0
+    return {"examples": len(t), "pearson": float("nan") if constant else float(pearsonr(t, p)[0]),
+            "spearman": float("nan") if constant else float(spearmanr(t, p)[0]), "r2": float(r2_score(t, p)),
+            "mse": float(mean_squared_error(t, p))}
 
 
 def _patterns(args) -> tuple[list[tuple[Any, Any]], dict[str, tuple[str, ...]]]:
@@ -1161,6 +1224,10 @@ def _add_model_options(p: argparse.ArgumentParser, saved: bool = True, command: 
         g.add_argument("--word-refinement", type=float, metavar="SHARE",
                        help="KPT's frequency refinement: drop label words whose first token is among the SHARE "
                             "rarest of the vocabulary at the slot on the support set (KPT: 0.5)")
+    if command in ("predict", "evaluate", "train"):
+        g.add_argument("--value-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="regression (LM-BFF): a score in [LOW, HIGH] between the verbalizer's two words, "
+                            "low first (--verbalizer '[\"No\", \"Yes\"]'); labels are numbers")
     if command in ("predict", "evaluate"):
         g.add_argument("--support", metavar="FILE",
                        help="unlabeled texts (the --input columns) for --word-calibration / --word-refinement")
@@ -1345,7 +1412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the base model for --zero-shot tasks, and for the saves instead of their own")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--max-batch", type=int, default=64, help="rows gathered into one scoring call at most")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="rows gathered into one scoring call at most (forward passes take --batch-size rows, "
+                        "grouped by length)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first request waits for others")
     p.add_argument("--max-queue", type=int, default=256, help="queued requests before the server answers 503")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")

@@ -7,7 +7,9 @@
 
 One worker thread owns the models. Requests from any number of clients wait in one bounded queue; the
 worker takes the first, gathers more for at most ``max_wait`` seconds or until ``max_batch`` rows, and
-scores them together (:class:`promptcls.multitask.TaskSet`: rows of tasks that share the model's forward run
+scores them together. Behind the HTTP server it waits only while more requests are on their way: the app
+counts the classify requests it is reading, and when none is (every request that has arrived is queued),
+the worker starts at once instead of sitting out ``max_wait`` (:class:`promptcls.multitask.TaskSet`: rows of tasks that share the model's forward run
 in one, batched by length). A full queue answers 503
 at once; bad input answers 4xx saying why (an unknown task 404, rows that do not fit the template
 422). On shutdown the server stops taking connections, the requests already queued are scored and
@@ -52,7 +54,7 @@ class Batcher:
     (:func:`promptcls.inputs.to_rows`), returns a Future of the (n, C) class probabilities."""
 
     def __init__(self, classifiers: Mapping[str, Any], max_batch: int = 64, max_wait: float = 0.005,
-                 max_queue: int = 256) -> None:
+                 max_queue: int = 256, arrivals: bool = False) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be >= 1, max_wait "
                              f"({max_wait}) >= 0")
@@ -62,6 +64,9 @@ class Batcher:
         self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self._closed = threading.Event()
         self.batches = self.rows_scored = 0  # counters: how well requests are gathered
+        # with ``arrivals``, the caller counts requests on their way (``arriving``): the worker waits only for those
+        self.arrivals = arrivals
+        self.arriving = 0
         self._thread = threading.Thread(target=self._work, name="promptcls-batcher", daemon=True)
         self._thread.start()
 
@@ -96,9 +101,18 @@ class Batcher:
             stop = False
             while rows < self.max_batch:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    if self.arrivals:
+                        item = self._queue.get_nowait()
+                    else:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
-                    break
+                    left = deadline - time.monotonic()
+                    if not self.arrivals or self.arriving <= 0 or left <= 0:
+                        break  # the wait is over, or nothing more is on its way
+                    try:
+                        item = self._queue.get(timeout=min(left, 0.0005))
+                    except queue.Empty:
+                        continue
                 if item is None:
                     stop = True
                     break
@@ -158,7 +172,7 @@ def _softmax(scores: Any) -> Any:
 def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait: float = 0.005,
                max_queue: int = 256, max_texts: int = 1024):
     """The FastAPI app over ``classifiers`` (fitted, by task name)."""
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, Field
 
@@ -178,13 +192,39 @@ def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = Batcher(classifiers, max_batch=max_batch, max_wait=max_wait, max_queue=max_queue)
+        state["batcher"] = Batcher(classifiers, max_batch=max_batch, max_wait=max_wait, max_queue=max_queue,
+                                   arrivals=True)
         try:
             yield
         finally:  # uvicorn has finished the requests in flight; answer what is queued, then stop
             await asyncio.to_thread(state["batcher"].close)
 
     app = FastAPI(title="promptcls", description="Prompt-based text classification", lifespan=lifespan)
+
+    class CountArrivals:
+        """ASGI middleware: a classify request counts as arriving from its first byte until it is queued (the
+        handler uncounts it) or answered without being queued (here)."""
+
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            batcher = state.get("batcher")
+            if scope["type"] != "http" or scope.get("path") != "/v1/classify" or batcher is None:
+                return await self.app(scope, receive, send)
+            scope.setdefault("state", {})["promptcls_arriving"] = True
+            batcher.arriving += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if scope["state"].pop("promptcls_arriving", False):
+                    batcher.arriving -= 1
+
+    app.add_middleware(CountArrivals)
+
+    def queued(raw: Request) -> None:
+        if raw.scope.get("state", {}).pop("promptcls_arriving", False):
+            state["batcher"].arriving -= 1
 
     def plain(value: Any) -> Any:
         return value.item() if hasattr(value, "item") else value
@@ -199,7 +239,7 @@ def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait:
         if batcher is None or not batcher.running:
             return JSONResponse({"status": "not ready"}, status_code=503)
         return {"status": "ready", "tasks": len(classifiers), "batches": batcher.batches,
-                "rows_scored": batcher.rows_scored}
+                "rows_scored": batcher.rows_scored, "arriving": batcher.arriving}
 
     @app.get("/v1/tasks")
     async def tasks() -> dict[str, Any]:
@@ -208,7 +248,7 @@ def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait:
                           for name, clf in classifiers.items()]}
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
-    async def classify(request: ClassifyRequest):
+    async def classify(request: ClassifyRequest, raw: Request):
         clf = classifiers.get(request.task)
         if clf is None:
             raise HTTPException(404, f"unknown task {request.task!r}; tasks are {sorted(classifiers)}")
@@ -221,6 +261,8 @@ def create_app(classifiers: Mapping[str, Any], *, max_batch: int = 64, max_wait:
             future = state["batcher"].submit(request.task, rows)
         except QueueFull as e:
             return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "1"})
+        finally:
+            queued(raw)
         try:
             proba = await asyncio.wrap_future(future)
         except (ValueError, TypeError, KeyError) as e:

@@ -319,3 +319,36 @@ def test_a_knowledgeable_verbalizer_from_the_command_line(workdir):
     np.testing.assert_allclose(out[["prob_0", "prob_1"]].to_numpy(), clf.predict_proba(REVIEWS), atol=1e-6)
     result = run(*base)
     assert result.returncode != 0 and "give them with --support FILE" in result.stderr
+
+
+def test_regression_from_the_command_line(workdir):
+    scores = REVIEWS.assign(label=[4.5, 0.5, 4.0, 1.0, 3.5, 0.0])
+    scores.to_csv(workdir / "scores.csv", index=False)
+    base = ["--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", '["bad", "good"]',
+            "--column", "text=review", "--quiet", "--value-range", "0", "5"]
+    result = run("train", *base, "--input", workdir / "scores.csv", "--mode", "head", "--epochs", "3",
+                 "--output-dir", workdir / "reg")
+    assert result.returncode == 0, result.stderr
+    assert "training R\u00b2" in result.stderr
+    assert json.loads((workdir / "reg" / "promptcls_config.json").read_text())["estimator"] == "PromptRegressor"
+    result = run("predict", "--saved", workdir / "reg", "--input", workdir / "scores.csv", "--column", "text=review",
+                 "--quiet")
+    assert result.returncode == 0, result.stderr
+    out = pd.read_csv(__import__("io").StringIO(result.stdout))
+    from promptcls import PromptRegressor
+
+    reg = PromptRegressor.from_pretrained(workdir / "reg", columns={"text": "review"})
+    assert list(out.columns) == ["prediction"]
+    np.testing.assert_allclose(out.prediction.to_numpy(), reg.predict(scores), atol=1e-5)
+    assert ((out.prediction >= 0) & (out.prediction <= 5)).all()
+    result = run("evaluate", "--saved", workdir / "reg", "--input", workdir / "scores.csv", "--column",
+                 "text=review", "--quiet", "--json", workdir / "reg.json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((workdir / "reg.json").read_text())
+    assert set(report) == {"examples", "pearson", "spearman", "r2", "mse"} and report["examples"] == 6
+    assert report["r2"] == pytest.approx(reg.score(scores, scores.label), abs=1e-5)
+    result = run("predict", *base, "--input", workdir / "scores.csv")  # zero-shot regression
+    assert result.returncode == 0, result.stderr
+    result = run("train", *base, "--input", workdir / "reviews.csv", "--output-dir", workdir / "reg-bad",
+                 "--label-column", "review")
+    assert result.returncode != 0 and "row 1: label 'the food was nice' in column 'review' is not a number" in result.stderr

@@ -93,6 +93,7 @@ def test_concurrent_requests_get_direct_scores(classifiers):
 
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(one, range(48)))
+        assert server.request("GET", "/readyz")[1]["arriving"] == 0  # every request counted in was counted out
     pair_direct = classifiers["pair"].predict_proba(pairs)
     for key, (status, body) in answers:
         assert status == 200, body
@@ -111,6 +112,7 @@ def test_bad_requests_get_a_4xx_that_says_why(classifiers):
         assert status == 422 and body["detail"][0]["loc"][-1] == "texts"
         status, body = server.request("POST", "/v1/classify", {"texts": ["x"]})
         assert status == 422 and body["detail"][0]["loc"][-1] == "task"
+        assert server.request("GET", "/readyz")[1]["arriving"] == 0  # refused requests are not waited for
 
 
 class Gate:
@@ -165,3 +167,23 @@ def test_the_batcher_gathers_and_refuses_when_closed(classifiers):
         batcher.submit("sentiment", [{"text": "x"}])
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(classifiers, max_batch=0)
+
+
+def test_behind_the_server_the_batcher_waits_only_for_requests_on_their_way(classifiers):
+    batcher = Batcher(classifiers, max_batch=64, max_wait=30.0, arrivals=True)
+    try:
+        started = time.monotonic()
+        batcher.submit("sentiment", [{"text": "x"}]).result(60)
+        assert time.monotonic() - started < 15  # nothing on its way: it did not sit out max_wait (30 s)
+        batcher.arriving = 1  # the app is reading one more request
+        first = batcher.submit("sentiment", [{"text": TEXTS[0]}])
+        time.sleep(0.3)
+        assert not first.done()  # it waits for the request on its way
+        second = batcher.submit("sentiment", [{"text": TEXTS[1]}])
+        batcher.arriving = 0
+        got = np.concatenate([first.result(60), second.result(60)])
+        assert time.monotonic() - started < 15
+        assert batcher.batches == 2 and batcher.rows_scored == 3  # the two came in one batch
+        np.testing.assert_allclose(got, classifiers["sentiment"].predict_proba(TEXTS[:2]), atol=1e-6)
+    finally:
+        batcher.close(30)
