@@ -69,7 +69,7 @@ def test_train_help_shows_every_default_and_an_example():
     text = " ".join(result.stdout.split())  # argparse wraps lines
     assert f"passes over the training file (default: {EPOCHS})" in text
     assert f"examples per training step (default: {TRAIN_BATCH_SIZE})" in text
-    assert "(head+prompt, prompt+verbalizer, head+lora, prompt+lora, ...) (default: head)" in text and "random seed (weights, order, dropout) (default: 0)" in text
+    assert "(head+prompt, prompt+verbalizer, prompt+proto, head+lora, prompt+lora, ...) (default: head)" in text and "random seed (weights, order, dropout) (default: 0)" in text
     head, full = LEARNING_RATES["head"][0], LEARNING_RATES["full"][0]
     assert f"(default per --mode: head {head:g}, head+prompt" in text and f"full {full:g})" in text
     assert "examples: promptcls train --model roberta-base" in text

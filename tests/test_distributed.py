@@ -42,7 +42,7 @@ def test_two_processes_train_like_one(tmp_path):
     script.write_text(SCRIPT.format(tests=tests, tmp=str(tmp_path)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests}
     subprocess.run([sys.executable, str(script)], check=True, env=env, timeout=300)
-    accelerate = shutil.which("accelerate") or "accelerate"
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))  # the venv's, unactivated
     subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", str(script)],
@@ -65,7 +65,7 @@ def test_accelerate_launch_shards_predict_and_writes_one_output(tmp_path, _train
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "promptcls", *args, "--output", str(tmp_path / "one.csv")], check=True,
                    env=env, timeout=300)
-    accelerate = shutil.which("accelerate") or "accelerate"
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))  # the venv's, unactivated
     for suffix in ("csv", "jsonl"):
         done = subprocess.run(
             [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
