@@ -158,3 +158,43 @@ def test_rows_as_frames_with_columns_and_bad_tasks(bert):
         TaskSet({})
     assert tasks.decision_function([], []) == []
     assert tasks.classes("pairs").tolist() == ["no", "yes"]
+
+
+def test_tasks_sharing_the_output_layer_run_it_once_for_all_their_rows(bert, monkeypatch, tmp_path):
+    """Heads trained per task still share the vocabulary matrix (tied to the input embeddings): each joint forward
+    multiplies every task's rows by it in one product, and each task keeps its own scores."""
+    import torch
+
+    from promptcls.families import masked
+
+    model, tokenizer = bert
+    fit(model, tokenizer, "{text} All in all [MASK].", mode="head").save_pretrained(tmp_path / "head")
+    fit(model, tokenizer, "[SOFT*2] {text} It was [MASK].", mode="prompt").save_pretrained(tmp_path / "soft")
+    tasks = {"zero": fit(model, tokenizer, "{text} It was [MASK]."),  # all three on the one base model
+             "head": PromptClassifier.from_pretrained(tmp_path / "head", model=model, tokenizer=tokenizer),
+             "soft": PromptClassifier.from_pretrained(tmp_path / "soft", model=model, tokenizer=tokenizer)}
+    layers = [c.model_.output_layer() for c in tasks.values()]
+    assert all(layer is not None for layer in layers)
+    assert len({layer.weight.data_ptr() for layer in layers}) == 1  # one matrix, three heads
+    assert layers[1].bias.data_ptr() != layers[0].bias.data_ptr()  # the trained head has its own bias
+    linear, joint_scores = torch.nn.functional.linear, masked.joint_class_scores
+    products, calls = [], []
+
+    def counting(x, weight, bias=None):
+        if weight.shape[0] == len(tokenizer):
+            products.append(x.shape[0])
+        return linear(x, weight, bias)
+
+    def joint_counted(chunks):
+        calls.append(len(chunks))
+        return joint_scores(chunks)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    monkeypatch.setattr(masked, "joint_class_scores", joint_counted)
+    which = ["zero", "head", "soft", "head", "zero", "soft"]
+    got = TaskSet(tasks).decision_function(X, which)
+    monkeypatch.undo()
+    assert calls and any(n > 1 for n in calls)
+    assert len(products) == len(calls)  # one vocabulary product per joint forward, whatever the tasks in it
+    for i, (task, x) in enumerate(zip(which, X)):
+        np.testing.assert_allclose(got[i], tasks[task].decision_function([x])[0], atol=1e-5, rtol=0)

@@ -171,6 +171,39 @@ class PromptModel(nn.Module):
         finally:
             self.mlm.train(was_training)
 
+    def output_layer(self) -> nn.Linear | None:
+        """The output layer, where the head's logits are exactly ``linear(head_states(rows), weight, bias)`` (the
+        joint forward then runs the output layer once for the rows of every task that shares its weight);
+        None otherwise. Probed once."""
+        if getattr(self, "_output_layer_ok", None) is None:
+            self._output_layer_ok = self._probe_output_layer()
+        return self.mlm.get_output_embeddings() if self._output_layer_ok else None
+
+    @torch.no_grad()
+    def _probe_output_layer(self) -> bool:
+        out = self.mlm.get_output_embeddings()
+        if (not self.split_head or self.soft_verbalizer is not None or self.prototypes is not None
+                or not isinstance(out, nn.Linear) or self._output_path is None
+                or self._output_path.startswith(self._base_path + ".")):
+            return False
+        was_training = self.mlm.training
+        self.mlm.eval()
+        try:
+            hidden = self.mlm.config.get_text_config().hidden_size
+            rows = torch.randn(2, 1, hidden, generator=torch.Generator().manual_seed(3)).to(self.device, out.weight.dtype)
+            full = self.head_logits(rows)
+            split = nn.functional.linear(self.head_states(rows), out.weight, out.bias)
+            return bool(split.shape == full.shape and torch.allclose(split, full, atol=1e-5, rtol=1e-5))
+        except Exception as e:  # noqa: BLE001 - any head the split does not describe: score it whole
+            logger.debug("output-layer probe failed: %r", e)
+            return False
+        finally:
+            self.mlm.train(was_training)
+
+    def head_states(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, M, H) encoder states -> (B, M, E) the head's states just before its output layer."""
+        return self.head_logits(rows, {self._output_path: StandIn(self.mlm.get_output_embeddings(), lambda out, x: x)})
+
     def _label_ids(self) -> torch.Tensor:
         return torch.tensor([ids[0] for ids in self.label_words.token_ids], device=self.device)
 
@@ -528,4 +561,31 @@ def joint_class_scores(chunks: Sequence[tuple[PromptModel, Sequence[Encoded]]]) 
         size = batch["mask_pos"].shape[0]
         rows[t][n] = gather_rows(hidden[start:start + size], batch["mask_pos"])  # (B, n, H)
         start += size
-    return [model.class_scores_from_rows(r) for (model, _), r in zip(chunks, rows)]
+    out: list[torch.Tensor | None] = [None] * len(chunks)
+    # tasks whose output layers share one weight (tied to the shared input embeddings): each task's head up to
+    # its output layer, then ONE product with the vocabulary for all of their rows, each task's own bias after
+    sharing: dict[int, list[int]] = {}
+    for t, (model, _) in enumerate(chunks):
+        layer = model.output_layer()
+        if layer is not None:
+            sharing.setdefault(layer.weight.data_ptr(), []).append(t)
+    for group in sharing.values():
+        if len(group) < 2:
+            continue
+        states = [(t, n, chunks[t][0].head_states(r)) for t in group for n, r in rows[t].items()]
+        weight = chunks[group[0]][0].output_layer().weight
+        flat = torch.cat([s.reshape(-1, s.shape[-1]) for _, _, s in states])
+        logits = nn.functional.linear(flat, weight)  # (sum of B * n, V)
+        words: dict[int, dict[int, torch.Tensor]] = {t: {} for t in group}
+        start = 0
+        for t, n, s in states:
+            size = s.shape[0] * s.shape[1]
+            piece = logits[start:start + size].view(*s.shape[:2], -1)
+            bias = chunks[t][0].output_layer().bias
+            model = chunks[t][0]
+            words[t][n] = model.word_scores_from_logits(n, piece + bias if bias is not None else piece)
+            start += size
+        for t in group:
+            out[t] = chunks[t][0].class_scores_from_words(words[t])
+    return [o if o is not None else model.class_scores_from_rows(r)
+            for o, (model, _), r in zip(out, chunks, rows)]
