@@ -6,9 +6,12 @@ the dev set (``eval_set``); test (at most ``--max-test`` examples) is scored onc
 
 ``verbalizers`` (SST-2, TREC, AG News)
     MiniLM (no MLM head: the head trains in every method): ``head`` with the catalogue's label words, against
-    ``head+verbalizer`` (a soft verbalizer, WARP, started from the same words). SmolLM2: zero-shot, ``prompt``
-    (four soft tokens, the manual words) and ``prompt+verbalizer`` (WARP). Prototypical (ProtoVerb) and
-    knowledgeable (KPT) verbalizers are not in promptcls yet, so not here.
+    ``head+verbalizer`` (a soft verbalizer, WARP, started from the same words), and ``proto`` (ProtoVerb:
+    prototypes of the frozen encoder's mask states; no MLM head needed). SmolLM2: zero-shot, ``prompt`` (four
+    soft tokens, the manual words), ``prompt+verbalizer`` (WARP), ``proto`` and ``prompt+proto`` (ProtoVerb),
+    and ``zero-shot, kpt`` (KPT: 50 words per class from ``expand_label_words``, ``word_refinement=0.5`` and
+    ``word_calibration`` on the 16-shot training texts without their labels; KPT's published settings, not
+    tuned). KPT on MiniLM would score words with a random MLM head, so it is not run there.
 ``demonstrations`` (SST-2, CR, RTE)
     MiniLM: ``head`` without demonstrations, with ``random`` and with ``similar`` ones (one per class from the
     16-shot train set). SmolLM2: zero-shot without and with demonstrations (in-context learning, no training),
@@ -53,8 +56,8 @@ EXPERIMENTS = {
     "imbalance": ("cr",),
 }
 METHODS = {
-    ("minilm", "verbalizers"): ("head", "head+verbalizer"),
-    ("smollm2", "verbalizers"): ("zero-shot", "prompt", "prompt+verbalizer"),
+    ("minilm", "verbalizers"): ("head", "head+verbalizer", "proto"),
+    ("smollm2", "verbalizers"): ("zero-shot", "prompt", "prompt+verbalizer", "proto", "prompt+proto", "zero-shot, kpt"),
     ("minilm", "demonstrations"): ("head", "head, random demos", "head, similar demos"),
     ("smollm2", "demonstrations"): ("zero-shot", "zero-shot, random demos", "zero-shot, similar demos",
                                     "zero-shot, random demos, calibrated"),
@@ -142,6 +145,11 @@ def run_one(model: str, experiment: str, task: str, seed: int, method: str, args
         extra["sampling"] = "balanced"
     if "calibrated" in method:
         extra["calibration"] = True
+    if "kpt" in method:
+        from promptcls import expand_label_words
+
+        words = expand_label_words(lm, words, tokenizer, per_class=50)
+        extra.update(word_refinement=0.5, word_calibration=True)
     fields = [c for c in train.columns if c != "label"]
     clf = PromptClassifier(lm, template, words, train_mode=mode, **common, **extra)
     if mode == "none":
