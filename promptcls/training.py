@@ -184,6 +184,21 @@ class _HeadCache:
         return model.slot_states(rows={n: rows[idx] for n, rows in self.rows.items()})
 
 
+class _StateCache:
+    """Slot states of a frozen causal LM, computed once (prototypes trained alone): (N, H)."""
+
+    def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
+        batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device)
+        states = torch.empty(len(encoded), model.hidden_size(), device=model.device)
+        with torch.no_grad():
+            for idx in batches:
+                states[torch.tensor(idx, device=model.device)] = model.slot_states([encoded[i] for i in idx]).float()
+        self.states = states
+
+    def slot_states(self, model: PromptModel, idx: torch.Tensor) -> torch.Tensor:
+        return self.states[idx]
+
+
 def _class_weights(clf: PromptClassifier, targets: torch.Tensor) -> torch.Tensor | None:
     """(C,) loss weights per class from ``clf.class_weight``, or None."""
     spec = clf.class_weight
@@ -298,6 +313,9 @@ def train(
         # the dev set's mask rows are fixed too; iterative decoding of multi-token words needs the encoder
         if eval_set is not None and (str(getattr(clf.decoding, "value", clf.decoding)) == "parallel" or set(model.label_words.groups) == {1}):
             eval_cache = _HeadCache(model, model.encode(clf._demonstrated(eval_rows)[0]), clf.batch_size)
+    elif own_loss and all(part.keeps_encoder for part in train_parts) and model.family == "causal":
+        model.eval()  # prototypes alone on a frozen causal LM: its slot states are fixed too
+        cache = _StateCache(model, encoded, clf.batch_size)
     else:
         model.train()
 

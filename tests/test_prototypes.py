@@ -112,6 +112,24 @@ def test_a_cached_encoder_and_a_running_one_train_the_same_prototypes(bert):
         float(pm.prototypes.loss(pm.slot_states(encoded), y)), abs=1e-5)
 
 
+def test_a_frozen_causal_lm_caches_its_slot_states_for_prototypes(causal_lms):
+    from promptcls.training import _StateCache
+
+    model, tokenizer = causal_lms["llama"]
+    clf = fit(model, tokenizer, "{text} It was [MASK]", "proto")
+    pm = clf.model_
+    encoded = pm.encode([{"text": x} for x in X])
+    cache = _StateCache(pm, encoded, 4)
+    with torch.no_grad():
+        np.testing.assert_allclose(cache.slot_states(pm, torch.arange(len(X))).numpy(),
+                                   pm.slot_states(encoded).numpy(), atol=1e-5)
+    # with a soft prompt the LM's states move as it trains: no cache, and the prompt trains too
+    both = fit(model, tokenizer, "[SOFT*2] {text} It was [MASK]", "prompt+proto", learning_rate=1e-2,
+               prompt_learning_rate=1e-2)
+    assert sorted(both.trained_parameters_) == ["prototypes.projection.weight", "prototypes.prototypes",
+                                                "soft_prompt.embedding"]
+
+
 def test_the_ensemble_averages_z_scored_prototype_and_label_word_scores(bert):
     model, tokenizer = bert
     words = {"neg": ["bad"], "pos": ["good"], "mid": ["nice"]}
