@@ -473,6 +473,10 @@ def _settings(args) -> dict[str, Any]:
         out["calibration"] = True
     if getattr(args, "truncation", "head") != "head":
         out["truncation"] = args.truncation
+    if getattr(args, "demonstrations", None):
+        out["demonstrations"] = args.demonstrations
+    if getattr(args, "demonstration_sets", 1) != 1:
+        out["demonstration_sets"] = args.demonstration_sets
     if getattr(args, "word_calibration", False):
         out["word_calibration"] = True
     if getattr(args, "word_refinement", None) is not None:
@@ -517,6 +521,9 @@ def _loaded(args, prompt: Prompt):
         cls = PromptRegressor
     if getattr(args, "value_range", None):
         raise CLIError("--value-range is fixed when a regressor is trained; a --saved model keeps its own")
+    if getattr(args, "demonstrations", None):
+        raise CLIError("--demonstrations is fixed when a model is trained; a --saved model draws from the pool it "
+                       "was saved with (--demonstration-sets still applies)")
     clf = cls.from_pretrained(args.saved, model=model, **overrides)
     stored = saved.get("stored_parameters", saved.get("trained_parameters", []))
     _note_untrained(args, clf, model or saved.get("base_model", {}).get("name_or_path") or "the base model", stored)
@@ -543,7 +550,16 @@ def _zero_shot_or_saved(args, prompt: Prompt):
     if prompt.saved is not None:
         return _loaded(args, prompt)
     clf, model = _new(args, prompt)
-    if getattr(args, "word_calibration", False) or getattr(args, "word_refinement", None) is not None:
+    if getattr(args, "demonstrations", None):
+        if not getattr(args, "demonstration_pool", None):
+            raise CLIError(f"--demonstrations {args.demonstrations} draws labelled examples: give them with "
+                           "--demonstration-pool FILE (the --input columns and a label column)")
+        pool = _read(args, args.demonstration_pool, prompt.classes)
+        labels = _labels(pool, args.pool_label_column, prompt.classes, args.demonstration_pool)
+        pool = pool.drop(columns=[args.pool_label_column])
+        _check_columns(pool, prompt.template.fields, prompt.columns, args.demonstration_pool)
+        clf.fit(_apply(prompt, pool), labels)  # the pool is also the support set of any word priors
+    elif getattr(args, "word_calibration", False) or getattr(args, "word_refinement", None) is not None:
         if not getattr(args, "support", None):
             raise CLIError("--word-calibration / --word-refinement estimate each label word's prior on unlabeled "
                            "texts: give them with --support FILE (the same columns as --input)")
@@ -1228,7 +1244,18 @@ def _add_model_options(p: argparse.ArgumentParser, saved: bool = True, command: 
         g.add_argument("--value-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                        help="regression (LM-BFF): a score in [LOW, HIGH] between the verbalizer's two words, "
                             "low first (--verbalizer '[\"No\", \"Yes\"]'); labels are numbers")
+    if command in ("predict", "evaluate", "train"):
+        g.add_argument("--demonstrations", choices=["random", "similar"],
+                       help="LM-BFF demonstrations: one labelled example per class in each prompt, drawn at random or "
+                            "by sentence-embedding similarity (train: from the training file; predict / evaluate: "
+                            "from --demonstration-pool); with a causal LM this is in-context learning")
+        g.add_argument("--demonstration-sets", type=int, default=1, metavar="K",
+                       help="scores averaged over K draws of demonstrations")
     if command in ("predict", "evaluate"):
+        g.add_argument("--demonstration-pool", metavar="FILE",
+                       help="labelled examples (the --input columns and a 'label' column, or --pool-label-column) "
+                            "to draw --demonstrations from")
+        g.add_argument("--pool-label-column", default="label", help="the label column of --demonstration-pool")
         g.add_argument("--support", metavar="FILE",
                        help="unlabeled texts (the --input columns) for --word-calibration / --word-refinement")
     g.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -352,3 +352,33 @@ def test_regression_from_the_command_line(workdir):
     result = run("train", *base, "--input", workdir / "reviews.csv", "--output-dir", workdir / "reg-bad",
                  "--label-column", "review")
     assert result.returncode != 0 and "row 1: label 'the food was nice' in column 'review' is not a number" in result.stderr
+
+
+def test_demonstrations_from_the_command_line(workdir):
+    prompt = ["--model", workdir / "tiny", "--template", "{text} It was [MASK].", "--verbalizer", VERBALIZER,
+              "--column", "text=review", "--quiet"]
+    result = run("train", *prompt, "--input", workdir / "reviews.csv", "--mode", "head", "--epochs", "1",
+                 "--demonstrations", "random", "--output-dir", workdir / "demos")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((workdir / "demos" / "promptcls_config.json").read_text())
+    assert config["params"]["demonstrations"] == "random" and len(config["demonstration_pool"]["rows"]) == 6
+    result = run("predict", "--saved", workdir / "demos", "--input", workdir / "reviews.csv", "--column",
+                 "text=review", "--quiet", "--demonstration-sets", "2")
+    assert result.returncode == 0, result.stderr
+    saved = PromptClassifier.from_pretrained(workdir / "demos", columns={"text": "review"}, demonstration_sets=2)
+    np.testing.assert_allclose(pd.read_csv(__import__("io").StringIO(result.stdout))[["prob_0", "prob_1"]].to_numpy(),
+                               saved.predict_proba(REVIEWS), atol=1e-6)
+    # zero-shot in-context: the pool is a labelled file
+    result = run("predict", *prompt, "--input", workdir / "reviews.csv", "--demonstrations", "similar",
+                 "--demonstration-pool", workdir / "reviews.csv", "--output", workdir / "icl.csv")
+    assert result.returncode == 0, result.stderr
+    icl = PromptClassifier(str(workdir / "tiny"), "{text} It was [MASK].", json.loads(VERBALIZER),
+                           columns={"text": "review"}, demonstrations="similar").fit(REVIEWS[["review"]],
+                                                                                    REVIEWS.label.astype(str).tolist())
+    np.testing.assert_allclose(pd.read_csv(workdir / "icl.csv")[["prob_0", "prob_1"]].to_numpy(),
+                               icl.predict_proba(REVIEWS), atol=1e-6)
+    result = run("predict", *prompt, "--input", workdir / "reviews.csv", "--demonstrations", "random")
+    assert result.returncode != 0 and "give them with --demonstration-pool FILE" in result.stderr
+    result = run("predict", "--saved", workdir / "demos", "--input", workdir / "reviews.csv", "--demonstrations",
+                 "random")
+    assert result.returncode != 0 and "a --saved model draws from the pool it was saved with" in result.stderr
