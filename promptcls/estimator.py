@@ -665,21 +665,17 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                 probs = model.slot_log_probs(chunk).double().exp().sum(0).cpu()
                 vocab_sum = probs if vocab_sum is None else vocab_sum + probs
         prior = (word_sum / len(encoded)).clamp_min(1e-300).log().float()  # (W,) log mean probability
-        self.word_priors_ = {w: float(p) for w, p in zip(_words_in_order(self.verbalizer_), prior)}
+        self.word_priors_ = {w: float(p) for w, p in zip(words.words_in_order(), prior)}
         if self.word_refinement is not None:
             dropped = set(torch.argsort(vocab_sum)[: int(self.word_refinement * len(vocab_sum))].tolist())
-            keep = torch.tensor([ids[0] not in dropped for ids in words.token_ids])
-            names = _words_in_order(self.verbalizer_)
-            kept = {c: [] for c in self.verbalizer_.classes}
-            for w, c, k in zip(names, words.word_class, keep.tolist()):
-                if k:
-                    kept[self.verbalizer_.classes[c]].append(w)
+            words.keep = torch.tensor([ids[0] not in dropped for ids in words.token_ids])
+            kept = words.kept_words()
             empty = [c for c, ws in kept.items() if not ws]
             if empty:
+                words.keep = None
                 raise ValueError(f"word_refinement={self.word_refinement} drops every label word of class {empty[0]!r} "
                                  "(all are rare at the slot on these texts): lower word_refinement or give the class "
                                  "more common words")
-            words.keep = keep
             self.label_words_kept_ = kept
         if self.word_calibration:
             words.offsets = prior
@@ -790,10 +786,6 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         """Predicted labels, from ``classes_``."""
         scores = self.decision_function(X)
         return self.classes_[scores.argmax(1)]
-
-
-def _words_in_order(verbalizer: Verbalizer) -> list[str]:
-    return [w for label in verbalizer.classes for w in verbalizer.words[label]]
 
 
 def _pooled(raw: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:

@@ -428,7 +428,7 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
     clf.word_priors_ = clf.label_words_kept_ = None
     words = clf.model_.label_words
     if "word_priors" in tensors:
-        names = [w for label in verbalizer.classes for w in verbalizer.words[label]]
+        names = words.words_in_order()
         prior = tensors["word_priors"].float()
         if prior.shape != (len(names),):
             raise _corrupted(weights, f"its word priors have shape {tuple(prior.shape)}, not ({len(names)},)")
@@ -436,12 +436,8 @@ def load_classifier(directory: str | os.PathLike, model: Any = None, tokenizer: 
         if clf.word_calibration:
             words.offsets = prior
         if "word_keep" in tensors:
-            keep = tensors["word_keep"].bool()
-            words.keep = keep
-            clf.label_words_kept_ = {c: [] for c in verbalizer.classes}
-            for w, c, k in zip(names, words.word_class, keep.tolist()):
-                if k:
-                    clf.label_words_kept_[verbalizer.classes[c]].append(w)
+            words.keep = tensors["word_keep"].bool()
+            clf.label_words_kept_ = words.kept_words()
     if "calibration" in overrides:  # asked for at load time: computed for the setting given
         clf.calibration_ = clf._content_free_log_probs()
     else:

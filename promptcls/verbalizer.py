@@ -226,5 +226,20 @@ class LabelWords:
         return per_class.max(-1).values
 
 
+    def words_in_order(self) -> list[str]:
+        """Every label word, in the order of ``token_ids`` (class by class)."""
+        return _all_words(self.verbalizer)
+
+    def kept_words(self) -> dict[Hashable, list[str]] | None:
+        """{class: its words that ``keep`` keeps}, or None when no refinement dropped any."""
+        if self.keep is None:
+            return None
+        kept: dict[Hashable, list[str]] = {c: [] for c in self.verbalizer.classes}
+        for w, c, k in zip(self.words_in_order(), self.word_class, self.keep.tolist()):
+            if k:
+                kept[self.verbalizer.classes[c]].append(w)
+        return kept
+
+
 def _all_words(verbalizer: Verbalizer) -> list[str]:
     return [w for label in verbalizer.classes for w in verbalizer.words[label]]
