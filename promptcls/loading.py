@@ -130,9 +130,12 @@ def _load_gguf(path: Path, tokenizer: Any) -> tuple[Any, Any]:
         save_model(lm, str(staging / "model.safetensors"))  # tied weights stored once
         tok.save_pretrained(staging)
         (staging / "promptcls-converted").write_text(f"{path}\n")
-        if cached.exists():
-            shutil.rmtree(cached, ignore_errors=True)
-        os.replace(staging, cached)
+        if done.is_file():  # another process converted it meanwhile: keep its copy (it may be reading it)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            if cached.exists():  # a conversion that was interrupted
+                shutil.rmtree(cached, ignore_errors=True)
+            os.replace(staging, cached)
     except OSError as e:  # a read-only cache only costs speed
         logger.warning("could not keep the converted copy of %s in %s (%s)", path.name, cached.parent, e)
         shutil.rmtree(staging, ignore_errors=True)

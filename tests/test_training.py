@@ -219,10 +219,10 @@ def test_label_vocabulary_training_equals_full_vocabulary_training(trainable_ber
             torch.testing.assert_close(fast[name], slow[name], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(fast[bias][label_ids], slow[bias][label_ids], atol=2e-5, rtol=1e-4)
     # the loss does not depend on other words' biases: their gradient is exactly zero here, while the
-    # full-vocabulary path gives them rounding noise that Adam's normalisation turns into small updates
+    # full-vocabulary path gives them rounding noise that Adam's normalisation turns into small updates (how
+    # small depends on the thread count's summation order, so the reference's drift is not asserted)
     initial = dict(trainable_bert[0].named_parameters())["cls.predictions.bias"]
     assert torch.equal(fast[bias][others], initial[others])
-    assert (slow[bias][others] - initial[others]).abs().max() < 1e-3
 
 
 def _stop_epoch(accuracies, patience):
