@@ -8,6 +8,10 @@ trained head, ...). Each client is a thread with one keep-alive HTTP connection 
 batches mix tasks. Reported: texts/s over the whole run, p50 and p99 latency per request, and errors
 (any answer but 200).
 
+``--packing on off`` starts each server twice: as ``promptcls serve`` (its models pack a batch's prompts of mixed
+lengths end to end, :mod:`promptcls.packing`) and with packing switched off (prompts padded to the longest, as
+before packing), one after the other in the same run.
+
 "Direct" is the same texts scored in-process in a fresh process on the same threads: one
 ``decision_function`` call (one task) or one ``TaskSet`` call (several), batched by length with the default
 batch size (32), after a warm-up. The target: with 32 clients, at least 0.8x the direct throughput, no errors.
@@ -16,6 +20,7 @@ Run alone on a quiet machine::
     python benchmarks/serve_load.py                 # 1 task and 4 tasks; 1, 8, 32 clients; 1 text a request
     python benchmarks/serve_load.py --texts-per-request 8 --requests 256 --out benchmarks/results/serve_load_8_texts
     python benchmarks/serve_load.py --tasks 1 --clients 1 32
+    python benchmarks/serve_load.py --packing on off    # the server with and without packing, side by side
 """
 
 from __future__ import annotations
@@ -73,6 +78,22 @@ def direct(args) -> None:
             times.append(time.perf_counter() - t)
     times.sort()
     print(json.dumps({"texts_per_s": len(rows) / times[len(times) // 2], "times": times}))
+
+
+def serve_unpacked(argv: list[str]) -> None:
+    """``promptcls serve`` with every model's packing off (``--packing off``): prompts run padded."""
+    from promptcls import cli, serving
+
+    loader = serving.load_tasks
+
+    def unpacked(*a, **k):
+        classifiers = loader(*a, **k)
+        for clf in classifiers.values():
+            clf.model_.packs = False
+        return classifiers
+
+    serving.load_tasks = unpacked
+    cli.main(["serve", *argv])
 
 
 def load(port: int, n_clients: int, n_requests: int, n_tasks: int, per_request: int = 1) -> dict:
@@ -142,10 +163,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of direct scoring (and the server's)")
     parser.add_argument("--server-threads", type=int, nargs="+",
                         help="the server's torch threads, one server per value (default: --threads)")
+    parser.add_argument("--packing", nargs="+", choices=["on", "off"], default=["on"],
+                        help="the server's models pack prompts of mixed lengths (on, promptcls's default) or run them "
+                             "padded (off: as before packing); 'on off' runs both, side by side")
     parser.add_argument("--work", help="folder of the saves (benchmarks/many_tasks.py makes them; default: temporary)")
     parser.add_argument("--out", default=str(RESULTS / "serve_load"))
     parser.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--saves", nargs="*", help=argparse.SUPPRESS)
+    if argv is None and sys.argv[1:2] == ["--serve-unpacked"]:
+        serve_unpacked(sys.argv[2:])
+        return 0
     args = parser.parse_args(argv)
     if args.direct:
         direct(args)
@@ -163,9 +190,11 @@ def main(argv=None) -> int:
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
         base = json.loads(done.stdout.strip().splitlines()[-1])["texts_per_s"]
-        for threads in args.server_threads or [args.threads]:
+        for threads, packing in [(t, p) for t in args.server_threads or [args.threads] for p in args.packing]:
             port = free_port()
-            cmd = [sys.executable, "-m", "promptcls", "serve", "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+            # packing off: the same server, started through this script with every model's packing switched off
+            launcher = [__file__, "--serve-unpacked"] if packing == "off" else ["-m", "promptcls", "serve"]
+            cmd = [sys.executable, *launcher, "--port", str(port), "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                    "--max-queue", "1024", "--threads", str(threads),
                    *[a for i, p in enumerate(saves[:n]) for a in ("--saved", f"t{i}={p}")]]
             server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -185,7 +214,7 @@ def main(argv=None) -> int:
                 load(port, 4, 64, n)  # warm-up
                 for clients in args.clients:
                     before = stats(port)
-                    row = {"tasks": n, "server_threads": threads,
+                    row = {"tasks": n, "server_threads": threads, "packing": packing,
                            **load(port, clients, args.requests, n, args.texts_per_request), "direct_texts_per_s": base}
                     after = stats(port)
                     row["mean_batch"] = (after["rows_scored"] - before["rows_scored"]) / max(1, after["batches"]
@@ -210,7 +239,8 @@ def write(rows: list[dict], args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/serve_load.py" + (f" --max-wait-ms {args.max_wait_ms:g}" if args.max_wait_ms != 5 else "") + (
         f" --texts-per-request {args.texts_per_request} --requests {args.requests}" if args.texts_per_request != 1 else "") + (
-        f" --max-batch {args.max_batch}" if args.max_batch != 64 else "") + (f" --tasks {' '.join(map(str, args.tasks))}" if args.tasks != [1, 4]
+        f" --max-batch {args.max_batch}" if args.max_batch != 64 else "") + (
+        f" --packing {' '.join(args.packing)}" if args.packing != ["on"] else "") + (f" --tasks {' '.join(map(str, args.tasks))}" if args.tasks != [1, 4]
                                                    else "") + (f" --server-threads {' '.join(map(str, args.server_threads))}"
                                                                if args.server_threads else "")
     meta = {"command": command, "cpu": platform.processor() or platform.machine(), "threads": args.threads,
@@ -224,18 +254,18 @@ def write(rows: list[dict], args) -> None:
         "name them in turn, "
         "so the server's batches mix tasks (`benchmarks/serve_load.py` says how). `direct`: the same texts scored "
         "in one in-process call, batched by length (batch size 32).", "",
-        "| tasks | server threads | clients | texts/s | p50 (ms) | p99 (ms) | errors | rows per batch | direct texts/s | vs direct |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| tasks | server threads | packing | clients | texts/s | p50 (ms) | p99 (ms) | errors | rows per batch | direct texts/s | vs direct |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['tasks']} | {r['server_threads']} | {r['clients']} | {r['texts_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+        lines.append(f"| {r['tasks']} | {r['server_threads']} | {r.get('packing', 'off')} | {r['clients']} | {r['texts_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                      f"{r['errors']} | {r['mean_batch']:.1f} | {r['direct_texts_per_s']:.0f} | {r['vs_direct']:.2f}x |")
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for n, threads in dict.fromkeys((r["tasks"], r["server_threads"]) for r in rows):
-        mine = [r for r in rows if (r["tasks"], r["server_threads"]) == (n, threads)]
-        ax.plot([r["clients"] for r in mine], [r["vs_direct"] for r in mine], "o-",
-                label=f"{n} task(s), server on {threads} thread(s)")
+    for n, threads, packing in dict.fromkeys((r["tasks"], r["server_threads"], r.get("packing", "off")) for r in rows):
+        mine = [r for r in rows if (r["tasks"], r["server_threads"], r.get("packing", "off")) == (n, threads, packing)]
+        ax.plot([r["clients"] for r in mine], [r["vs_direct"] for r in mine], "o-" if packing == "on" else "o--",
+                label=f"{n} task(s), {threads} thread(s), packing {packing}")
     ax.axhline(0.8, color="grey", ls="--", lw=1, label="target 0.8x")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")

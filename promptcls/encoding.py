@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .packing import packed_tokens
 from .template import Template, TemplateError, Text
 
 __all__ = ["Encoded", "PromptEncoding", "collate", "length_groups", "micro_batches", "length_batches"]
@@ -338,19 +339,29 @@ def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:
     return groups[::-1]
 
 
-def micro_batches(lengths: Sequence[int], device: torch.device | str) -> list[list[int]]:
+def micro_batches(lengths: Sequence[int], device: torch.device | str, packs: bool = False) -> list[list[int]]:
     """Positions of one batch as the micro-batches it runs as on ``device``: ``length_groups`` on
-    CPU, the whole batch elsewhere."""
+    CPU, the whole batch elsewhere. A model that packs its prompts (``packs``, :mod:`promptcls.packing`)
+    runs the whole batch in one pass where its packed tokens cost less than the micro-batches."""
     overhead = pass_overhead(device)
-    return [list(range(len(lengths)))] if overhead is None else length_groups(lengths, overhead)
+    whole = [list(range(len(lengths)))]
+    if overhead is None:
+        return whole
+    groups = length_groups(lengths, overhead)
+    if packs and len(groups) > 1 and (packed := packed_tokens(lengths)) is not None:
+        split = sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+        if overhead + packed < split:
+            return whole  # one packed pass costs less than the padded micro-batches
+    return groups
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, device: torch.device | str) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, device: torch.device | str,
+                   packs: bool = False) -> list[list[int]]:
     """Positions of ``lengths`` in scoring batches: longest first, ``batch_size`` at a time, each run
     as its ``micro_batches``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out = []
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        out += [[chunk[j] for j in group] for group in micro_batches([lengths[i] for i in chunk], device)]
+        out += [[chunk[j] for j in group] for group in micro_batches([lengths[i] for i in chunk], device, packs)]
     return out

@@ -658,7 +658,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         word_sum = torch.zeros(len(words.token_ids), dtype=torch.float64)
         vocab_sum = None
         model.eval()
-        for idx in length_batches([len(e.input_ids) for e in encoded], self.batch_size, model.device):
+        for idx in length_batches([len(e.input_ids) for e in encoded], self.batch_size, model.device,
+                                  model.packs):
             chunk = [encoded[i] for i in idx]
             word_sum += model.word_scores(chunk).double().exp().sum(0).cpu()
             if self.word_refinement is not None:
@@ -735,7 +736,8 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         out = torch.empty(len(rows), len(self.classes_))
         model.eval()
         show = self.progress if progress is None else progress
-        batches = length_batches([len(e.input_ids) for e in encoded], self.batch_size, model.device)
+        batches = length_batches([len(e.input_ids) for e in encoded], self.batch_size, model.device,
+                                  model.packs)
         with torch.inference_mode():
             for idx in tqdm(batches, desc="scoring", unit="batch", disable=None if show is None else not show):
                 out[idx] = model.class_scores([encoded[i] for i in idx], decoding=self.decoding).float().cpu()

@@ -182,7 +182,8 @@ class TaskSet:
         for model in models.values():
             model.eval()
         with torch.inference_mode():
-            for batch in length_batches(lengths, self.batch_size, models[names[0]].device):
+            for batch in length_batches(lengths, self.batch_size, models[names[0]].device,
+                                        models[names[0]].packs):
                 by_task: dict[str, list[int]] = {}
                 for k in batch:
                     t, i = items[k]

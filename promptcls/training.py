@@ -166,7 +166,7 @@ class _HeadCache:
 
     def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
         # batched as scoring is (by length, micro-batched on CPU); rows are put back in input order
-        batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device)
+        batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device, model.packs)
         parts: dict[int, list[torch.Tensor]] = {n: [] for n in model.slot_widths()}
         with torch.no_grad():
             for idx in batches:
@@ -188,7 +188,7 @@ class _StateCache:
     """Slot states of a frozen causal LM, computed once (prototypes trained alone): (N, H)."""
 
     def __init__(self, model: PromptModel, encoded: Sequence[Encoded], batch_size: int) -> None:
-        batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device)
+        batches = length_batches([len(e.input_ids) for e in encoded], batch_size, model.device, model.packs)
         states = torch.empty(len(encoded), model.hidden_size(), device=model.device)
         with torch.no_grad():
             for idx in batches:
@@ -349,7 +349,8 @@ def train(
                     if cache is not None:
                         parts = [idx]
                     else:
-                        parts = [idx[g] for g in micro_batches([len(encoded[i].input_ids) for i in idx.tolist()], model.device)]
+                        parts = [idx[g] for g in micro_batches([len(encoded[i].input_ids) for i in idx.tolist()], model.device,
+                                                                     model.packs)]
                     weight = 1.0 if alpha is None else alpha
                     total = 0.0
                     for part in parts:  # each part's mean loss, weighted by its share of the batch

@@ -80,7 +80,7 @@ def test_tasks_that_leave_the_encoder_run_in_one_encoder_forward(bert, monkeypat
     originals = {k: v for k, v in masked_tasks(model, tokenizer).items() if k in ("zero", "topic", "soft", "head")}
     tasks = reloaded(originals, tmp_path, model, tokenizer)
     texts, task_of = mixed(list(originals), 8)
-    monkeypatch.setattr(multitask, "length_batches", lambda lengths, size, device: [list(range(len(lengths)))])
+    monkeypatch.setattr(multitask, "length_batches", lambda lengths, size, device, packs=False: [list(range(len(lengths)))])
     calls = []
     bases = {id(m._forward_hooks): m for m in (clf.model_.mlm.base_model for clf in originals.values())}  # views share
     hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in bases.values()]
@@ -116,7 +116,7 @@ def test_mixed_causal_tasks_score_as_each_classifier_does(causal_pair, name, mon
     texts, task_of = mixed(list(originals))
     assert_own_scores(tasks, originals, texts, task_of)
     calls = []
-    monkeypatch.setattr(multitask, "length_batches", lambda lengths, size, device: [list(range(len(lengths)))])
+    monkeypatch.setattr(multitask, "length_batches", lambda lengths, size, device, packs=False: [list(range(len(lengths)))])
     lms = {id(m._forward_hooks): m for m in (tasks.classifiers[t].model_.lm for t in ("zero", "soft"))}
     hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in lms.values()]
     try:

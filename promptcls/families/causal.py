@@ -238,6 +238,7 @@ class CausalPromptModel(nn.Module):
     family = "causal"
     lm_prefix = "lm"
     split_head = False  # no mask rows to cache: head training runs the model every step
+    packs = False  # prompts run right-padded (candidates ride after them: promptcls.families.causal's layout)
     label_vocab_only = False
 
     def __init__(self, lm: nn.Module, tokenizer: Any, template: Template, verbalizer: Verbalizer | None,

@@ -14,6 +14,7 @@ the masks.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..encoding import Encoded, PromptEncoding, collate
+from ..packing import ROW, Packing, forward_arguments
 from ..prompts import build_soft_prompt
 from ..prompts import soft_counts as prompt_soft_counts
 from ..template import Template
@@ -101,6 +103,7 @@ class PromptModel(nn.Module):
         self.soft_prompt = (build_soft_prompt(mlm.get_input_embeddings(), tokenizer, template, seed,
                                               self.label_words.token_ids if self.label_words else None)
                             if template.has_soft_tokens else None)
+        self.packs, self._position_offset = False, 0  # set by the packing probe below
         self.split_head = self._probe_split()
         if not self.split_head:
             logger.warning(
@@ -109,6 +112,7 @@ class PromptModel(nn.Module):
                 type(mlm).__name__,
             )
         self.label_vocab_only = self._probe_label_vocab()
+        self.packs, self._position_offset = self._probe_packing() if self.split_head else (False, 0)
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
@@ -138,6 +142,39 @@ class PromptModel(nn.Module):
             return False
         finally:
             self.mlm.train(was_training)
+
+    @torch.no_grad()
+    def _probe_packing(self) -> tuple[bool, int]:
+        """Does the encoder give the same states to prompts packed end to end (:mod:`promptcls.packing`) as to
+        a padded batch, and from which first position id? (False, 0) where it does not."""
+        base = self.mlm.base_model
+        if "position_ids" not in inspect.signature(base.forward).parameters:
+            return False, 0
+        was_training = self.mlm.training
+        self.mlm.eval()
+        try:
+            vocab = self.mlm.get_input_embeddings().weight.shape[0]
+            ids = torch.randint(min(5, vocab - 1), vocab, (3, 7), generator=torch.Generator().manual_seed(2))
+            mask = (torch.arange(7)[None] < torch.tensor([7, 3, 2])[:, None]).long()
+            pad = self._pad_id()
+            ids, mask = ids.masked_fill(mask == 0, pad).to(self.device), mask.to(self.device)
+            reference = base(input_ids=ids, attention_mask=mask)[0]
+            packing = Packing.of(mask.cpu(), min_saving=0.0)
+            padding_idx = getattr(getattr(base, "embeddings", None), "padding_idx", None)
+            for offset in dict.fromkeys([0, padding_idx + 1 if isinstance(padding_idx, int) else 0]):
+                packed = packing.run(base, {"input_ids": ids, "attention_mask": mask}, offset, pad)[0]
+                real = mask.bool()
+                if torch.allclose(packed[real], reference[real], atol=1e-4, rtol=1e-4):
+                    return True, offset
+            return False, 0
+        except Exception as e:  # noqa: BLE001 - an encoder that takes no 4-D mask or position ids: run it padded
+            logger.debug("packing probe failed: %r", e)
+            return False, 0
+        finally:
+            self.mlm.train(was_training)
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     @torch.no_grad()
     def _probe_label_vocab(self) -> bool:
@@ -320,6 +357,14 @@ class PromptModel(nn.Module):
         columns; the embeddings stand in a view that ignores the cache's length, so positions start at 0.
         """
         if self.kv_prefix is None:
+            if self.packs:  # prompts of mixed lengths: run them packed end to end, states back in the padded layout
+                call = forward_arguments(base, args, kwargs)
+                mask = call.get("attention_mask") if call is not None else None
+                # on CPU only, as micro-batches: measured there; on an accelerator padding is nearly free
+                if mask is not None and mask.dim() == 2 and mask.device.type == "cpu" and call.get("position_ids") is None:
+                    packing = Packing.of(mask, most=min(ROW, self.encoding.max_length))  # within the position table
+                    if packing is not None:
+                        return packing.run(base, call, self._position_offset, self._pad_id())
             return base(*args, **kwargs)
         if self.kv_prefix.route == "attention":  # an encoder that takes no cache: through its attention interface
             from ..parts.prefix import prefixed_attention
@@ -394,8 +439,7 @@ class PromptModel(nn.Module):
     # ------------------------------------------------------------------ scores
     def batch(self, encoded: Sequence[Encoded], n_mask: int) -> dict[str, torch.Tensor]:
         """A padded batch on the model's device, each prompt with an ``n_mask``-token answer slot."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        return {k: v.to(self.device) for k, v in collate([e.with_masks(n_mask) for e in encoded], pad).items()}
+        return {k: v.to(self.device) for k, v in collate([e.with_masks(n_mask) for e in encoded], self._pad_id()).items()}
 
     def group_batches(self, encoded: Sequence[Encoded]) -> dict[int, dict[str, torch.Tensor]]:
         """One padded batch per label-word length n, each prompt with an n-token answer slot."""
