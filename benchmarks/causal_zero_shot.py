@@ -194,9 +194,12 @@ def write_report(rows, args, started, skipped=()) -> None:
                      f"{100 * r['test_calibrated']:.1f} | {100 * r['dev']:.1f} | {100 * r['dev_calibrated']:.1f} | "
                      f"{r['seconds']} |")
     if args.variants:
+        ran = {(r["task"], r["variant"]) for r in rows}
+        missing = [f"{t} {name}" for t in dict.fromkeys(r["task"] for r in rows) for name, *_ in variants(t)
+                   if (t, name) not in ran]
         lines += ["", f"Only the variants `{' '.join(args.variants)}` ran in the last invocation; with `--resume` the rows "
-                  "of an earlier invocation are kept (the second table lists every variant that ran). The other "
-                  "catalogue variants were not run."]
+                  "of an earlier invocation are kept (the second table lists every variant that ran). "
+                  + (f"Not run: {', '.join(missing)}." if missing else "Every catalogue variant of these tasks has run.")]
     if skipped:
         lines += ["", f"Not run (text fields after the slot; `--all-variants` runs them): {', '.join(skipped)}."]
     note = Path(f"{out}_note.md")  # how the file was made, when it took several invocations: kept across reruns
