@@ -57,14 +57,21 @@ def plan(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
-def packed_tokens(lengths: Sequence[int], min_saving: float = MIN_SAVING, most: int = ROW) -> int | None:
-    """The tokens a batch of prompts of ``lengths`` runs as when packed (rows times width), or None where
-    packing saves less than ``min_saving`` of its padded tokens (it then runs padded)."""
+def _layout(lengths: Sequence[int], min_saving: float, most: int) -> tuple[int, list[list[int]]] | None:
+    """(row width, rows of prompt indices) of a packed batch, or None where packing saves less than
+    ``min_saving`` of its padded tokens (it then runs padded)."""
     if len(lengths) < 2 or min(lengths) < 1:
         return None
     width = pack_width(lengths, most)
-    tokens = len(plan(list(lengths), width)) * width
-    return tokens if tokens <= (1 - min_saving) * len(lengths) * max(lengths) else None
+    rows = plan(lengths, width)
+    return (width, rows) if len(rows) * width <= (1 - min_saving) * len(lengths) * max(lengths) else None
+
+
+def packed_tokens(lengths: Sequence[int], min_saving: float = MIN_SAVING, most: int = ROW) -> int | None:
+    """The tokens a batch of prompts of ``lengths`` runs as when packed (rows times width), or None where
+    packing saves less than ``min_saving`` of its padded tokens (it then runs padded)."""
+    layout = _layout(lengths, min_saving, most)
+    return None if layout is None else len(layout[1]) * layout[0]
 
 
 @dataclasses.dataclass
@@ -83,10 +90,10 @@ class Packing:
         b, length = attention_mask.shape
         real = attention_mask.bool()
         lengths = real.sum(1).tolist()
-        if packed_tokens(lengths, min_saving, most) is None or not all(bool(real[i, :n].all()) for i, n in enumerate(lengths)):
+        layout = _layout(lengths, min_saving, most)
+        if layout is None or not all(bool(real[i, :n].all()) for i, n in enumerate(lengths)):
             return None  # too little to save, or not right-padded: run it as it is
-        width = pack_width(lengths, most)
-        rows = plan(lengths, width)
+        width, rows = layout
         n = len(rows)
         source = torch.full((n, width), b * length, dtype=torch.long)
         back = torch.zeros(b, length, dtype=torch.long)
