@@ -28,15 +28,20 @@ the dev set (``eval_set``); test (at most ``--max-test`` examples) is scored onc
 
 Run (from the repository root; writes ``benchmarks/results/accuracy_tools_<model>.md`` and ``_runs.csv``)::
 
-    python benchmarks/accuracy_tools.py --model minilm
+    python benchmarks/accuracy_tools.py --model minilm --max-test 500
     python benchmarks/accuracy_tools.py --model smollm2 --experiments demonstrations --seeds 13 21
+    # on a GPU, fits side by side, none started after 3 minutes (as accuracy_tools_smollm2.md was made):
+    python benchmarks/accuracy_tools.py --model smollm2 --max-test 500 --device cuda --jobs 5 --threads 1 \
+        --deadline-min 3
+
+Fits run seed by seed, so a run cut short covers every method with its first seeds; ``--resume`` runs only the
+missing ones. Failed fits are listed in ``accuracy_tools_<model>_errors.csv``; ``accuracy_tools_<model>_note.md``,
+where there is one, follows the tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,7 +51,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import SEEDS, data_root, load_task  # noqa: E402
-from methods import model_folder  # noqa: E402
+from methods import device_name, model_folder, note  # noqa: E402
+from pool import run_and_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPERIMENTS = {
@@ -111,7 +117,7 @@ def run_one(model: str, experiment: str, task: str, seed: int, method: str, args
     torch.manual_seed(seed)  # MiniLM's missing MLM head starts from this seed
     lm = (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_pretrained(folder)
     common = dict(tokenizer=tokenizer, max_length=256, random_state=seed, progress=False, train_batch_size=8,
-                  epochs=args.epochs, device="cpu")
+                  epochs=args.epochs, device=args.device)
     if experiment == "regression":
         train, dev, test = load_stsb(seed, args.max_test)
         template = ("{sentence1}\n{sentence2}\nDo these two sentences mean the same? Answer: [MASK]" if causal
@@ -175,7 +181,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", help="only these of each experiment's tasks")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-test", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (of each worker with --jobs)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--jobs", type=int, default=1, help="fits side by side in worker processes")
+    parser.add_argument("--deadline-min", type=float, help="start no fit after this many minutes")
     parser.add_argument("--resume", action="store_true", help="keep the rows of the runs file and skip them")
     args = parser.parse_args(argv)
     import torch
@@ -187,32 +196,39 @@ def main(argv=None) -> int:
     out = RESULTS / f"accuracy_tools_{args.model}"
     runs_path = Path(f"{out}_runs.csv")
     rows = pd.read_csv(runs_path).to_dict("records") if args.resume and runs_path.is_file() else []
+    rows = [r for r in rows if not isinstance(r.get("error"), str)]
     done = {(r["experiment"], r["task"], r["seed"], r["method"]) for r in rows}
     started = time.time()
-    for experiment in args.experiments:
-        for task in EXPERIMENTS[experiment]:
-            if args.tasks and task not in args.tasks:
-                continue
-            for seed in args.seeds:
-                for method in METHODS[(args.model, experiment)]:
-                    if (experiment, task, seed, method) in done:
-                        continue
-                    t0 = time.time()
-                    row = {"model": args.model, "experiment": experiment, "task": task, "seed": seed, "method": method,
-                           **run_one(args.model, experiment, task, seed, method, args, folder),
-                           "seconds": round(time.time() - t0, 1)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    pd.DataFrame(rows).to_csv(runs_path, index=False)
-                    report(pd.DataFrame(rows), out, args, time.time() - started)
+    todo = [(experiment, task, seed, method)
+            for seed in args.seeds  # seed-major: a run cut short covers every method with its first seeds
+            for experiment in args.experiments for task in EXPERIMENTS[experiment] if not args.tasks or task in args.tasks
+            for method in METHODS[(args.model, experiment)] if (experiment, task, seed, method) not in done]
+    run_and_record(run_row, [(args.model, *unit, args, folder) for unit in todo], rows=rows, runs_path=runs_path,
+                   report=lambda rows: report(pd.DataFrame(rows), out, args, time.time() - started),
+                   jobs=args.jobs, threads=args.threads, deadline_min=args.deadline_min)
     return 0
+
+
+def run_row(model: str, experiment: str, task: str, seed: int, method: str, args, folder: str) -> dict:
+    """One fit as a results row (``error`` set where it failed: the other fits run on)."""
+    import traceback
+
+    row = {"model": model, "experiment": experiment, "task": task, "seed": seed, "method": method}
+    t0 = time.time()
+    try:
+        scores = run_one(model, experiment, task, seed, method, args, folder)
+    except Exception as error:  # noqa: BLE001
+        traceback.print_exc()
+        return {**row, "error": f"{type(error).__name__}: {error}"[:300]}
+    return {**row, **scores, "seconds": round(time.time() - t0, 1), "device": device_name(args.device)}
 
 
 def report(runs: pd.DataFrame, out: Path, args, seconds: float) -> None:
     model = runs["model"].iloc[0]
     lines = [f"# The accuracy toolbox on {model}: K = 16, dev-chosen epochs", "",
              f"Command: `python benchmarks/accuracy_tools.py --model {model} --epochs {args.epochs} --max-test "
-             f"{args.max_test}` (+ `--experiments`, `--seeds` as run; {platform.machine()}, {args.threads} thread(s); "
+             f"{args.max_test}` (+ `--experiments`, `--seeds`, `--device`, `--jobs` as run; the last invocation: "
+             f"{device_name(args.device)}, {args.threads} thread(s){f' x {args.jobs} workers' if args.jobs > 1 else ''}; "
              f"this invocation {seconds / 60:.1f} min). Mean +- standard deviation over the seeds run (n). The first "
              "method of each table is the baseline: the manual verbalizer without demonstrations. `dev`: the same "
              "measure on the 16-shot dev set (the regression's dev is Pearson's r); `*` marks the method with the "
@@ -239,7 +255,7 @@ def report(runs: pd.DataFrame, out: Path, args, seconds: float) -> None:
                                  f"(n={len(v)}){star if col == measures[experiment][0][0] else ''}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    Path(f"{out}.md").write_text("\n".join(lines))
+    Path(f"{out}.md").write_text("\n".join(lines) + note(out))
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ class Settings:
     # catalogue task -> (template variant, verbalizer variant) chosen on dev (prompt_pilot.py); others: defaults
     prompts: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     head_lr: float | None = None  # full mode's MLM-head rate (promptcls head_learning_rate); None: the model's
+    mixed_precision: bool = True  # bf16 autocast where the device is a GPU (False: fp32 everywhere)
 
     def prompt_for(self, catalogue_task: str) -> tuple[str, str]:
         """The (template, verbalizer) variant names every promptcls method of a task uses."""
@@ -158,7 +159,7 @@ class Settings:
 
     @property
     def amp(self) -> bool:
-        return self.device.startswith("cuda")
+        return self.mixed_precision and self.device.startswith("cuda")
 
 
 @dataclasses.dataclass
@@ -244,7 +245,10 @@ def seeded_load(loader: Callable[[], Any], seed: int) -> Any:
 def tokenizer_for(settings: Settings):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(settings.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # a decoder's tokenizer may have none; batches need one
+    return tokenizer
 
 
 def encode_pairs(tokenizer, frame: pd.DataFrame, fields: list[str], max_length: int):

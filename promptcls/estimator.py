@@ -487,9 +487,11 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             causal = (detect_family(mlm) if self.family == "auto" else self.family) == "causal"
             source = f"[DEMOS]\n{template.source}" if causal else f"{template.source} [DEMOS]"
             template = Template(source, prompt_encoder=template.prompt_encoder, soft_init=template.soft_init)
-        model = build_prompt_model(mlm, tokenizer, template, verbalizer, max_length=self.max_length,
-                                   seed=self.random_state_, family=self.family, score_suffix=self.score_suffix,
-                                   chat_template=self.chat_template, keep="tail" if self.truncation == "tail" else "head")
+        with seeded(self.random_state_, device):  # a P-tuning encoder's layers start from random_state too
+            model = build_prompt_model(mlm, tokenizer, template, verbalizer, max_length=self.max_length,
+                                       seed=self.random_state_, family=self.family, score_suffix=self.score_suffix,
+                                       chat_template=self.chat_template,
+                                       keep="tail" if self.truncation == "tail" else "head")
         self.initialised_parameters_ = [f"{model.lm_prefix}.{name}" for name in missing]
         uncovered = [n for n in self.initialised_parameters_ if n not in covered]
         if uncovered:
@@ -697,9 +699,16 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
         out = []
         for start in range(0, len(texts), self.batch_size):
             with model.encoding._lock:
-                batch = model.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                        max_length=min(512, model.encoding.max_length), return_tensors="pt")
-            batch = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+                ids = model.tokenizer(texts[start:start + self.batch_size], truncation=True,
+                                      max_length=min(512, model.encoding.max_length))["input_ids"]
+            # padded here: many causal tokenizers have no pad token (the mask hides whichever id fills the rows)
+            width = max(len(row) for row in ids)
+            input_ids = torch.full((len(ids), width), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+            attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+            for i, row in enumerate(ids):
+                input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                attention_mask[i, :len(row)] = 1
+            batch = {"input_ids": input_ids.to(model.device), "attention_mask": attention_mask.to(model.device)}
             hidden = model.lm.base_model(**batch)[0].float()  # (B, L, H)
             mask = batch["attention_mask"][..., None].float()
             out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())

@@ -19,6 +19,7 @@ order of the input.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,15 +42,16 @@ def load_tasks(saved: Mapping[str, str], zero_shot: Mapping[str, str] | None = N
     from .loading import load_model
     from .saving import read_config
 
-    loaded: dict[str, tuple[Any, Any]] = {}
+    loaded: dict[Any, tuple[Any, Any]] = {}
 
     def shared(base: Any) -> tuple[Any, Any]:
-        """(model, tokenizer): a name or path loaded once for every task on it; a loaded model as given."""
-        if not isinstance(base, str):
-            return base, tokenizer
-        if base not in loaded:
-            loaded[base] = load_model(base, tokenizer)
-        return loaded[base]
+        """(model, tokenizer): a name or path loaded once for every task on it; a loaded model as given. Either is
+        put on the tasks' device once (a loaded model as a copy), or each classifier would copy it there alone."""
+        key = base if isinstance(base, str) else id(base)
+        if key not in loaded:
+            lm, tok = load_model(base, tokenizer) if isinstance(base, str) else (base, tokenizer)
+            loaded[key] = (_on_device(lm, settings.get("device", "auto"), copy_first=not isinstance(base, str)), tok)
+        return loaded[key]
 
     out: dict[str, Any] = {}
     for name, directory in saved.items():
@@ -65,6 +67,19 @@ def load_tasks(saved: Mapping[str, str], zero_shot: Mapping[str, str] | None = N
         out[name] = PromptClassifier(lm, load_template(task, family=family), load_verbalizer(task, family=family),
                                      tokenizer=tok, **{"progress": False, **settings}).fit()
     return out
+
+
+def _on_device(lm: Any, device: Any, copy_first: bool) -> Any:
+    """``lm`` on ``device`` (a copy of it where ``copy_first``): where it already is, itself."""
+    from .estimator import resolve_device
+
+    if not isinstance(lm, torch.nn.Module):
+        return lm
+    target = resolve_device(device)
+    on = lm.get_input_embeddings().weight.device
+    if on.type == target.type and (target.index is None or on.index == target.index):
+        return lm
+    return (copy.deepcopy(lm) if copy_first else lm).to(target)
 
 
 def _joins(clf: Any) -> bool:

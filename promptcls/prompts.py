@@ -88,4 +88,6 @@ def build_soft_prompt(embeddings: nn.Module, tokenizer, template: Template, seed
             ids = torch.tensor(label_ids[:count] if template.soft_init == SoftInit.LABEL_WORDS else [], dtype=torch.long)
             sampled = ordinary[torch.randint(len(ordinary), (count - len(ids),), generator=generator)]
             rows.append(table[torch.cat([ids, sampled]).to(table.device)].float().cpu())
-    return SoftPrompt(torch.cat(rows), template.prompt_encoder)
+    # on the embeddings' device: a part that runs the model while it attaches (a prefix's probe) or a caller that
+    # never moves the prompt model (label-word search) meets it there
+    return SoftPrompt(torch.cat(rows), template.prompt_encoder).to(table.device)

@@ -104,3 +104,18 @@ def test_training_with_demonstrations(trainable_bert):
     clf = PromptClassifier(model, "{text} It was [MASK]. [DEMOS]", WORDS, tokenizer=tokenizer, train_mode="head",
                            demonstrations="random", max_steps=5, progress=False).fit(X, Y, eval_set=(X, Y))
     assert clf.history_ and clf.predict(QUERIES).shape == (3,)
+
+
+def test_similar_demonstrations_on_a_causal_lm_without_a_pad_token(causal_lms):
+    model, tokenizer = causal_lms["llama"]
+    assert tokenizer.pad_token is None  # as many real causal tokenizers
+    clf = demo_clf(model, tokenizer, "Review: {text} Sentiment: [MASK]", demonstrations="similar")
+    texts = X + QUERIES
+    vectors = clf._sentence_embeddings(texts)  # batched: rows of different lengths
+    with torch.no_grad():
+        for text, vector in zip(texts, vectors):  # each alone, no padding: the mean of its last hidden states
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            alone = model.base_model(input_ids=ids)[0].float().mean(1)[0].numpy()
+            np.testing.assert_allclose(vector, alone, atol=1e-5)
+    filled, _ = clf._demonstrated([{"text": QUERIES[0]}])
+    assert "Sentiment: bad" in filled[0][DEMOS_KEY] and "Sentiment: good" in filled[0][DEMOS_KEY]

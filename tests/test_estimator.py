@@ -106,6 +106,21 @@ def test_random_soft_tokens_are_seeded(bert):
     assert not np.allclose(a, c)
 
 
+@pytest.mark.parametrize("encoder", ["lstm", "mlp"])
+def test_a_p_tuning_encoder_is_seeded_by_random_state(bert, encoder):
+    import torch
+
+    def trained():
+        torch.manual_seed(len(torch.randn(7)))  # whatever the caller's generator holds
+        state = torch.random.get_rng_state()
+        clf = make(bert, template=Template("[SOFT*2] {text} [MASK].", prompt_encoder=encoder), train_mode="prompt",
+                   epochs=1, random_state=3, progress=False).fit(TEXTS, ["pos", "neg", "pos"])
+        assert torch.equal(torch.random.get_rng_state(), state)  # and left as it was
+        return clf.decision_function(TEXTS)
+
+    np.testing.assert_array_equal(trained(), trained())
+
+
 def test_aggregation_changes_scores_as_named(bert):
     from promptcls import Verbalizer
 

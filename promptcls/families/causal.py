@@ -588,6 +588,10 @@ class CausalPromptModel(nn.Module):
             self.label_words = _Words(words)
             self.soft_prompt = None
             try:
+                if self._keep_rows and not self._keeps_rows(encoded):
+                    # transformers before per-row logits_to_keep index every row at every row's positions: the
+                    # paths below would read out of range (on CUDA a device-side assert that ends the process)
+                    self._keep_rows = False
                 reference = torch.tensor([[self._plain_score(p, w) for w in words] for p in prompts])
                 ok = self._agrees(encoded, reference)
                 if not ok:
@@ -605,6 +609,19 @@ class CausalPromptModel(nn.Module):
                 self.label_words, self.soft_prompt = saved
         finally:
             self.lm.train(was_training)
+
+    def _keeps_rows(self, encoded: list[CausalEncoded]) -> bool:
+        """Does ``logits_to_keep`` take per-row positions (N, P), giving (N, P, V) logits at them?"""
+        try:
+            inputs, _ = self._prefix_batch(encoded)
+            inputs.setdefault("use_cache", False)
+            positions = torch.tensor([[0, 2], [1, 2]], device=self.device)
+            kept = self.lm(**inputs, logits_to_keep=positions).logits
+            full = torch.take_along_dim(self.lm(**inputs).logits, positions[..., None], dim=1)
+            return bool(kept.shape == full.shape and torch.allclose(kept, full, atol=1e-4, rtol=1e-4))
+        except Exception as e:  # a model whose forward takes no tensor there
+            logger.debug("per-row logits_to_keep probe failed: %r", e)
+            return False
 
     def _agrees(self, encoded: list[CausalEncoded], reference: torch.Tensor) -> bool:
         try:
