@@ -460,8 +460,8 @@ def fit_finetune(split: Split, settings: Settings, lr: float) -> Outcome:
     return Outcome(lambda frame: classify(model, tokenizer, split, frame, settings), best[0], f"lr={lr:g}")
 
 
-def embed(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Settings) -> np.ndarray:
-    """Mean-pooled, L2-normalised last hidden states (sentence-transformers' all-MiniLM-L6-v2 pipeline)."""
+def pooled_states(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Settings, pool) -> np.ndarray:
+    """(rows, D) ``pool(last hidden states, attention mask)`` of each row of ``frame``, in frame order."""
     import torch
 
     model.eval()
@@ -470,10 +470,24 @@ def embed(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Setting
         for positions, chunk in batches_by_length(tokenizer, frame, split.fields, settings):
             batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
             hidden = model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            parts.append((positions, torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()))
+            parts.append((positions, pool(hidden, batch["attention_mask"]).cpu().numpy()))
     return np.stack(in_frame_order(parts, len(frame)))
+
+
+def mean_pool(hidden, mask):
+    """The mean of each row's states over its real tokens."""
+    mask = mask.unsqueeze(-1).float()
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def embed(model, tokenizer, split: Split, frame: pd.DataFrame, settings: Settings) -> np.ndarray:
+    """Mean-pooled, L2-normalised last hidden states (sentence-transformers' all-MiniLM-L6-v2 pipeline)."""
+    import torch
+
+    def pool(hidden, mask):
+        return torch.nn.functional.normalize(mean_pool(hidden, mask), dim=-1)
+
+    return pooled_states(model, tokenizer, split, frame, settings, pool)
 
 
 def fit_logreg(split: Split, settings: Settings) -> Outcome:

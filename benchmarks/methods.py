@@ -60,12 +60,10 @@ from fewshot import (  # noqa: E402
     Outcome,
     Settings,
     Split,
-    autocast,
-    batches_by_length,
-    encode_pairs,
     fit_finetune,
     fit_logreg,
-    in_frame_order,
+    mean_pool,
+    pooled_states,
     quiet_transformers,
     scores,
     seeded_load,
@@ -148,19 +146,13 @@ def decoder_features(encoder, tokenizer, split: Split, frame: pd.DataFrame, sett
     of the last token (the only one that has read the whole text). Unnormalised: the classifier standardises."""
     import torch
 
-    encoder.eval()
-    parts = []
-    with torch.inference_mode(), autocast(settings):
-        for positions, chunk in batches_by_length(tokenizer, frame, split.fields, settings):
-            batch = encode_pairs(tokenizer, chunk, split.fields, settings.max_length).to(settings.device)
-            hidden = encoder(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"]
-            mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # the last real token, either padding side
-            last = hidden[torch.arange(len(hidden), device=hidden.device), last]
-            parts.append((positions, list(zip(mean.cpu().numpy(), last.cpu().numpy(), strict=True))))
-    rows = in_frame_order(parts, len(frame))
-    return {"mean": np.stack([r[0] for r in rows]), "last": np.stack([r[1] for r in rows])}
+    def both(hidden, mask):
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # the last real token, either padding side
+        return torch.cat([mean_pool(hidden, mask), hidden[torch.arange(len(hidden), device=hidden.device), last]], -1)
+
+    states = pooled_states(encoder, tokenizer, split, frame, settings, both)
+    mean, last = np.split(states, 2, axis=1)
+    return {"mean": mean, "last": last}
 
 
 def fit_decoder_logreg(split: Split, settings: Settings) -> Outcome:

@@ -273,20 +273,26 @@ def slots_in_order(
     return mask_pos, soft_pos
 
 
+def pad_ids(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token-id rows right-padded to the longest; needs no tokenizer pad token."""
+    length = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, :len(row)] = 1
+    return input_ids, attention_mask
+
+
 def collate(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch to its longest prompt (dynamic padding)."""
-    length = max(len(e.input_ids) for e in batch)
     n = len(batch)
-    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, length), dtype=torch.long)
+    input_ids, attention_mask = pad_ids([e.input_ids for e in batch], pad_token_id)
     has_types = batch[0].token_type_ids is not None
-    token_type_ids = torch.zeros((n, length), dtype=torch.long) if has_types else None
-    for i, e in enumerate(batch):
-        k = len(e.input_ids)
-        input_ids[i, :k] = torch.tensor(e.input_ids)
-        attention_mask[i, :k] = 1
-        if token_type_ids is not None:
-            token_type_ids[i, :k] = torch.tensor(e.token_type_ids)
+    token_type_ids = torch.zeros(input_ids.shape, dtype=torch.long) if has_types else None
+    if token_type_ids is not None:
+        for i, e in enumerate(batch):
+            token_type_ids[i, :len(e.token_type_ids)] = torch.tensor(e.token_type_ids)
     out = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from .defaults import EPOCHS, TRAIN_BATCH_SIZE
-from .encoding import length_batches
+from .encoding import length_batches, pad_ids
 from .inputs import to_rows
 from .loading import load_model
 from .modeling import PromptModel, build_prompt_model, structural_copy
@@ -115,6 +115,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices, device_type="cuda"):
         torch.manual_seed(seed)
         yield
+
+
+def is_on(model: torch.nn.Module, device: torch.device) -> bool:
+    """Are ``model``'s weights on ``device`` (any index of its type where ``device`` names none)?"""
+    on = model.get_input_embeddings().weight.device
+    return on.type == device.type and (device.index is None or on.index == device.index)
 
 
 def _integer(name: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -474,9 +480,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
             mlm, tokenizer = load_model(self.model, self.tokenizer, missing, family=self.family, gguf_file=self.gguf_file)
         passed_in = not isinstance(self.model, (str, os.PathLike))
         if passed_in:
-            on_device = mlm.get_input_embeddings().weight.device
-            same = on_device.type == device.type and (device.index is None or on_device.index == device.index)
-            if copy_model or not same:
+            if copy_model or not is_on(mlm, device):
                 mlm = copy.deepcopy(mlm)  # never train (or move) the caller's model in place
             else:
                 mlm = structural_copy(mlm)  # shares the weights; eval() below switches only our copy
@@ -702,12 +706,7 @@ class PromptClassifier(TextInputMixin, ClassifierMixin, BaseEstimator):
                 ids = model.tokenizer(texts[start:start + self.batch_size], truncation=True,
                                       max_length=min(512, model.encoding.max_length))["input_ids"]
             # padded here: many causal tokenizers have no pad token (the mask hides whichever id fills the rows)
-            width = max(len(row) for row in ids)
-            input_ids = torch.full((len(ids), width), model.tokenizer.pad_token_id or 0, dtype=torch.long)
-            attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-            for i, row in enumerate(ids):
-                input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-                attention_mask[i, :len(row)] = 1
+            input_ids, attention_mask = pad_ids(ids, model.tokenizer.pad_token_id or 0)
             batch = {"input_ids": input_ids.to(model.device), "attention_mask": attention_mask.to(model.device)}
             hidden = model.lm.base_model(**batch)[0].float()  # (B, L, H)
             mask = batch["attention_mask"][..., None].float()

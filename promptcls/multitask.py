@@ -71,13 +71,10 @@ def load_tasks(saved: Mapping[str, str], zero_shot: Mapping[str, str] | None = N
 
 def _on_device(lm: Any, device: Any, copy_first: bool) -> Any:
     """``lm`` on ``device`` (a copy of it where ``copy_first``): where it already is, itself."""
-    from .estimator import resolve_device
+    from .estimator import is_on, resolve_device
 
-    if not isinstance(lm, torch.nn.Module):
-        return lm
     target = resolve_device(device)
-    on = lm.get_input_embeddings().weight.device
-    if on.type == target.type and (target.index is None or on.index == target.index):
+    if not isinstance(lm, torch.nn.Module) or is_on(lm, target):
         return lm
     return (copy.deepcopy(lm) if copy_first else lm).to(target)
 
