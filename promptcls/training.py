@@ -104,7 +104,13 @@ def _distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            # NCCL runs its collectives on the current device: each process must first select its own GPU,
+            # or every rank's all-reduce lands on cuda:0 (the same GPU as resolve_device's 'auto' picks)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            dist.init_process_group(backend="nccl")
+        else:
+            dist.init_process_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size()
 
 

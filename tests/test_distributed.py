@@ -78,3 +78,25 @@ def test_accelerate_launch_shards_predict_and_writes_one_output(tmp_path, _train
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "two.csv"), one, atol=1e-5)
     pd.testing.assert_frame_equal(pd.read_json(tmp_path / "two.jsonl", lines=True), one, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no part files left
+
+
+def test_each_cuda_process_selects_its_own_gpu_before_joining_nccl(monkeypatch):
+    """Under ``accelerate launch`` on GPUs, rank LOCAL_RANK selects cuda:LOCAL_RANK before NCCL starts (else every
+    rank's collectives run on cuda:0). No GPU is needed: torch's CUDA and process-group calls are recorded."""
+    import torch
+    import torch.distributed as dist
+
+    from promptcls.training import _distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 2 GPUs per machine: local rank 3 takes cuda:1
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    assert _distributed() == (3, 4)
+    assert calls == [("set_device", 1), ("init", "nccl")]
