@@ -17,6 +17,7 @@ differ from a run of the whole padded batch, as they would with any other batch 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -111,7 +112,20 @@ def _distributed() -> tuple[int, int]:
             dist.init_process_group(backend="nccl")
         else:
             dist.init_process_group(backend="gloo")
+        atexit.register(_leave_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _leave_process_group() -> None:
+    """At a clean exit, leave the process group promptcls joined. Left to the interpreter's teardown, gloo's worker
+    threads can outlive it and abort the process ('terminate called without an active exception', exit -6).
+    After an uncaught exception the group is left alone: NCCL's destroy waits for the other ranks, which may hang."""
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.is_initialized() and getattr(sys, "last_value", None) is None:
+        dist.destroy_process_group()
 
 
 def _all_reduce_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:

@@ -6,6 +6,7 @@ the process group with the gloo backend, so the test runs on CPU.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -98,5 +99,43 @@ def test_each_cuda_process_selects_its_own_gpu_before_joining_nccl(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
     monkeypatch.setattr(dist, "get_rank", lambda: 3)
     monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(atexit, "register", lambda f: calls.append(("atexit", f.__name__)))
     assert _distributed() == (3, 4)
-    assert calls == [("set_device", 1), ("init", "nccl")]
+    assert calls == [("set_device", 1), ("init", "nccl"), ("atexit", "_leave_process_group")]
+
+
+LEAVE = textwrap.dedent(
+    """
+    import atexit, os, sys
+    import torch.distributed as dist
+    from promptcls.training import _distributed
+
+    # _distributed joins when WORLD_SIZE > 1; this one process joins a group of one
+    os.environ.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+    dist.init_process_group = lambda backend, _init=dist.init_process_group: _init(backend, world_size=1, rank=0)
+    destroyed = []
+    dist.destroy_process_group = lambda _destroy=dist.destroy_process_group: (destroyed.append(1), _destroy())
+    # atexit runs last-registered first: this report runs after promptcls's handler
+    atexit.register(lambda: print("left" if destroyed and not dist.is_initialized() else "still joined", flush=True))
+    assert _distributed() == (0, 1) and dist.is_initialized()
+    if sys.argv[2] == "raise":
+        raise RuntimeError("boom")
+    """
+)
+
+
+def test_the_process_group_promptcls_joined_is_left_at_a_clean_exit(tmp_path):
+    """Left to the interpreter's teardown, gloo can abort a finished process (exit -6); promptcls leaves the group
+    it joined at exit, except after an uncaught exception (where NCCL's destroy could wait on ranks that died)."""
+    import socket
+
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE)
+    for how, code, said in (("ok", 0, "left"), ("raise", 1, "still joined")):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        done = subprocess.run([sys.executable, str(script), str(port), how], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == code, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == said
